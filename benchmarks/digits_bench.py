@@ -1,0 +1,120 @@
+"""Digits world benchmark: teacher training vs erase time, sampling throughput, forget/retain accuracy, FD.
+
+Everything is measured in one run on this machine, side by side (these machines are noisy, so ratios
+from one run are what we report):
+  python benchmarks/digits_bench.py                    # trains a fresh teacher with the default steps, erases class 1
+  python benchmarks/digits_bench.py --classes all      # erases every class in turn (the "any class" target)
+  python benchmarks/digits_bench.py --reuse-teacher    # bundled teacher; its recorded training time is used
+Results are printed and written as JSON to --json (default benchmarks/results/digits.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from evaluators.class_eval import evaluate_classes
+from evaluators.classifier import ConvJudge
+from sfd.config import PRESETS
+from sfd.erase import erase_classes
+from sfd.models import checkpoints_dir, load_class_pipeline
+from sfd.worlds import digits
+
+
+@torch.no_grad()
+def throughput(pipe, batch: int, repeats: int) -> float:
+    """Images per second at a fixed batch size (best of `repeats`, after one warm-up call)."""
+    labels = torch.arange(batch) % 10
+    pipe(labels, generator=torch.Generator().manual_seed(0), show_progress=False)
+    best = float("inf")
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        pipe(labels, generator=torch.Generator().manual_seed(r), show_progress=False)
+        best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--classes", default="1", help="comma-separated classes to erase one at a time, or 'all'")
+    ap.add_argument("--reuse-teacher", action="store_true", help="use checkpoints/digits and its recorded training time")
+    ap.add_argument("--teacher-steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: preset)")
+    ap.add_argument("--batch", type=int, default=256, help="batch size for the throughput comparison")
+    ap.add_argument("--n-per-class", type=int, default=100)
+    ap.add_argument("--json", default="benchmarks/results/digits.json")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="sfd-bench-"))
+    x, y = digits.load_digits_tensors()
+
+    if a.reuse_teacher:
+        teacher_dir, judge_dir = checkpoints_dir() / "digits" / "teacher", checkpoints_dir() / "digits" / "judge"
+        tstats = json.loads((teacher_dir / "sfd_world.json").read_text())["training"]
+        teacher_note = "recorded when the bundled teacher was trained"
+    else:
+        judge, _ = digits.train_judge(progress=True)
+        judge_dir = work / "judge"
+        judge.save_pretrained(judge_dir)
+        cfg = digits.TeacherTrainConfig() if a.teacher_steps is None else digits.TeacherTrainConfig(steps=a.teacher_steps)
+        unet, tstats = digits.train_teacher(cfg, progress=True)
+        teacher_dir = work / "teacher"
+        digits.save_teacher(unet, teacher_dir, tstats)
+        teacher_note = "measured in this run"
+    judge = ConvJudge.from_pretrained(judge_dir)
+    teacher = load_class_pipeline(teacher_dir)
+
+    classes = list(range(10)) if a.classes == "all" else [int(c) for c in a.classes.split(",")]
+    config = PRESETS["class"].replace(steps=a.steps)
+    rows = []
+    for k in classes:
+        summary = erase_classes(str(teacher_dir), [str(k)], "random", str(work / f"erased-{k}"), config, eval_n_per_class=0)
+        erased = load_class_pipeline(work / f"erased-{k}")
+        after = evaluate_classes(erased, judge, x, y, a.n_per_class, seed=1, forget=(k,), progress=False)
+        before = evaluate_classes(teacher, judge, x, y, a.n_per_class, seed=1, forget=(k,), progress=False)
+        rows.append({"class": k, "erase_seconds": summary["erase_seconds"], "teacher": before, "erased": after})
+        print(f"class {k}: erase {summary['erase_seconds']:.0f} s | forget acc teacher {before['forget_accuracy']:.1%} -> "
+              f"erased {after['forget_accuracy']:.1%} | retained mean {before['retained_mean_accuracy']:.1%} -> "
+              f"{after['retained_mean_accuracy']:.1%} (min {after['retained_min_accuracy']:.1%}) | FD retained "
+              f"{before['fd_retained']:.3f} -> {after['fd_retained']:.3f} (ratio {after['fd_retained'] / before['fd_retained']:.2f})",
+              flush=True)
+
+    tp_teacher = throughput(teacher, a.batch, 2)
+    tp_one = throughput(load_class_pipeline(work / f"erased-{classes[0]}"), a.batch, 5)
+    erase_s = [r["erase_seconds"] for r in rows]
+    report = {
+        "teacher_train_seconds": tstats["train_seconds"],
+        "teacher_steps": tstats["steps"],
+        "teacher_time_source": teacher_note,
+        "erase_seconds_max": max(erase_s),
+        "erase_to_teacher_ratio_max": max(erase_s) / tstats["train_seconds"],
+        "throughput_images_per_s": {"teacher_default_sampler": tp_teacher, "one_step": tp_one, "batch": a.batch},
+        "speedup": tp_one / tp_teacher,
+        "sfd_config": json.loads(config.to_json()),
+        "per_class": rows,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print("\n| quantity | teacher | SFD one-step |\n| --- | --- | --- |")
+    print(f"| time to obtain | {tstats['train_seconds']:.0f} s training ({tstats['steps']} steps, {teacher_note}) "
+          f"| {max(erase_s):.0f} s erase, max over {len(rows)} run(s) (ratio {report['erase_to_teacher_ratio_max']:.2f}) |")
+    print(f"| images/s at batch {a.batch} | {tp_teacher:.0f} | {tp_one:.0f} ({report['speedup']:.0f}x) |")
+    worst_f = max(r["erased"]["forget_accuracy"] for r in rows)
+    worst_rm = min(r["erased"]["retained_mean_accuracy"] for r in rows)
+    worst_rmin = min(r["erased"]["retained_min_accuracy"] for r in rows)
+    worst_fd = max(r["erased"]["fd_retained"] / r["teacher"]["fd_retained"] for r in rows)
+    print(f"| forget-class accuracy (worst run) | {max(r['teacher']['forget_accuracy'] for r in rows):.1%} | {worst_f:.1%} |")
+    print(f"| retained mean / min accuracy (worst run) | {min(r['teacher']['retained_mean_accuracy'] for r in rows):.1%} / "
+          f"{min(r['teacher']['retained_min_accuracy'] for r in rows):.1%} | {worst_rm:.1%} / {worst_rmin:.1%} |")
+    print(f"| FD retained, erased / teacher (worst run) | 1.00 | {worst_fd:.2f} |")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(report, indent=2))
+    print(f"\nwritten {a.json}")
+
+
+if __name__ == "__main__":
+    main()

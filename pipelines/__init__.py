@@ -1,0 +1,6 @@
+"""diffusers pipelines of the toolkit: multi-step teachers and the one-step generators SFD produces."""
+
+from .class_conditional import ClassConditionalPipeline, OneStepClassPipeline
+from .text_to_image import OneStepTextPipeline
+
+__all__ = ["ClassConditionalPipeline", "OneStepClassPipeline", "OneStepTextPipeline"]

@@ -1,0 +1,165 @@
+"""What to forget and what to put in its place.
+
+A concept spec turns "forget class 3, override random" (or, for text-to-image, "forget 'red', override
+'blue'") into the conditioning batches the trainer needs each step:
+- a retain batch: fake score and teacher see the same retained condition;
+- a forget batch: the fake score sees the forget condition, the teacher the override condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SFDError
+from .losses import Cond
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class ConditionBatch:
+    """`fake` and `teacher` conditions of n_retain retain samples followed by n_forget forget samples."""
+
+    fake: Cond
+    teacher: Cond
+    n_retain: int
+    n_forget: int
+
+
+def resolve_class(value: str | int, class_names: list[str] | tuple[str, ...]) -> int:
+    """A class given by index ("3") or name ("three", case-insensitive) -> its index."""
+    text = str(value).strip()
+    names = [n.lower() for n in class_names]
+    if text.lower() in names:
+        return names.index(text.lower())
+    if text.lstrip("-").isdigit():
+        k = int(text)
+        if 0 <= k < len(class_names):
+            return k
+    raise SFDError(f"unknown class {value!r}: expected an index 0..{len(class_names) - 1} or one of {', '.join(class_names)}")
+
+
+@dataclass(frozen=True)
+class ClassForgetSpec:
+    """Forget one or more classes of a label-conditional model; override with a fixed class or a random retained one."""
+
+    class_names: tuple[str, ...]
+    forget: tuple[int, ...]
+    override: int | None  # None: a uniformly random retained class per sample (SFD's "random" override)
+    null_class: int | None = None  # the UNet's "no class" label, for classifier-free guidance
+
+    @classmethod
+    def parse(cls, class_names, forget: list[str], override: str, null_class: int | None = None) -> "ClassForgetSpec":
+        names = tuple(class_names)
+        if not forget:
+            raise SFDError("give at least one --forget class")
+        f = tuple(dict.fromkeys(resolve_class(v, names) for v in forget))
+        o = None if str(override).strip().lower() == RANDOM else resolve_class(override, names)
+        if o is not None and o in f:
+            raise SFDError(f"override class {names[o]!r} is also a forget class; choose another class or 'random'")
+        if len(f) >= len(names):
+            raise SFDError("cannot forget every class: at least one class must be retained")
+        return cls(names, f, o, null_class)
+
+    @property
+    def retained(self) -> tuple[int, ...]:
+        return tuple(k for k in range(len(self.class_names)) if k not in self.forget)
+
+    def describe(self) -> dict:
+        return {
+            "forget": [self.class_names[k] for k in self.forget],
+            "forget_ids": list(self.forget),
+            "override": RANDOM if self.override is None else self.class_names[self.override],
+            "retained": [self.class_names[k] for k in self.retained],
+        }
+
+    def _pick(self, pool: tuple[int, ...], n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.tensor(pool)[torch.randint(len(pool), (n,), generator=gen)]
+
+    def sample(self, n_retain: int, n_forget: int, gen: torch.Generator, device, for_fake_training: bool = False) -> ConditionBatch:
+        retain = self._pick(self.retained, n_retain, gen)
+        forget = self._pick(self.forget, n_forget, gen)
+        override = torch.full_like(forget, self.override) if self.override is not None else self._pick(self.retained, n_forget, gen)
+        fake = torch.cat([retain, forget]).to(device)
+        teacher = torch.cat([retain, override]).to(device)
+        uncond = None if self.null_class is None else {"class_labels": torch.full_like(fake, self.null_class)}
+        return ConditionBatch(Cond({"class_labels": fake}, uncond), Cond({"class_labels": teacher}, uncond), n_retain, n_forget)
+
+
+@dataclass(frozen=True)
+class TextForgetSpec:
+    """Forget text concept(s): forget/override prompt pairs, retain prompts, guidance branches (DESIGN.md section 2)."""
+
+    concepts: tuple[str, ...]
+    override: str
+    pairs: tuple[tuple[str, str], ...]  # (forget prompt, override prompt)
+    retain_prompts: tuple[str, ...]
+    negative_prompt: str = ""
+    prompt_dropout: float = 0.1  # share of fake-score training samples conditioned on "" (as the teacher was trained)
+
+    @classmethod
+    def build(cls, concepts, override, retain_prompts, candidates=None, negative_prompt: str = "", prompt_dropout: float = 0.1) -> "TextForgetSpec":
+        from .prompts import check_concept, forget_prompt_pairs, mentions
+
+        concepts = tuple(dict.fromkeys(check_concept(c, "--forget") for c in concepts))
+        if not concepts:
+            raise SFDError("give at least one --forget concept")
+        override = check_concept(override, "--override")
+        for c in concepts:
+            if c.lower() == override.lower():
+                raise SFDError(f"--override {override!r} equals the forget concept; choose a different override")
+        retain = tuple(p for p in retain_prompts if not any(mentions(p, c) for c in concepts))
+        if not retain:
+            raise SFDError("no retain prompts left: every retain prompt mentions a forgotten concept")
+        pairs = tuple(forget_prompt_pairs(list(concepts), override, candidates))
+        if not 0 <= prompt_dropout < 1:
+            raise SFDError(f"prompt dropout must lie in [0, 1), got {prompt_dropout}")
+        return cls(concepts, override, pairs, retain, negative_prompt, prompt_dropout)
+
+    def describe(self) -> dict:
+        return {
+            "forget": list(self.concepts),
+            "override": self.override,
+            "forget_prompts": [p for p, _ in self.pairs],
+            "override_prompts": [o for _, o in self.pairs],
+            "n_retain_prompts": len(self.retain_prompts),
+            "negative_prompt": self.negative_prompt,
+        }
+
+    def encode(self, encode_fn) -> "TextConditions":
+        """Embed every prompt once with the frozen text encoder; `encode_fn(list[str]) -> (n, tokens, dim)`."""
+        forget = encode_fn([p for p, _ in self.pairs])
+        override = encode_fn([o for _, o in self.pairs])
+        retain = encode_fn(list(self.retain_prompts))
+        empty, negative = encode_fn(["", self.negative_prompt]).chunk(2)
+        return TextConditions(self, retain, forget, override, empty, negative)
+
+
+class TextConditions:
+    """Embedding tables of a `TextForgetSpec`, sampled into condition batches for the trainer."""
+
+    def __init__(self, spec: TextForgetSpec, retain, forget, override, empty, negative):
+        self.spec, self.retain, self.forget, self.override = spec, retain, forget, override
+        self.empty, self.negative = empty, negative
+
+    def to(self, device) -> "TextConditions":
+        return TextConditions(self.spec, *(t.to(device) for t in (self.retain, self.forget, self.override, self.empty, self.negative)))
+
+    def sample(self, n_retain: int, n_forget: int, gen: torch.Generator, device, for_fake_training: bool = False) -> ConditionBatch:
+        r = torch.randint(len(self.retain), (n_retain,), generator=gen)
+        f = torch.randint(len(self.forget), (n_forget,), generator=gen)
+        fake = torch.cat([self.retain[r], self.forget[f]])
+        teacher = torch.cat([self.retain[r], self.override[f]])
+        if for_fake_training and self.spec.prompt_dropout > 0:
+            drop = torch.rand(len(fake), generator=gen) < self.spec.prompt_dropout
+            fake = torch.where(drop.view(-1, 1, 1).to(fake.device), self.empty.expand_as(fake), fake)
+        n = n_retain + n_forget
+        uncond = {"encoder_hidden_states": self.negative.expand(n, -1, -1).to(device)}
+        return ConditionBatch(
+            Cond({"encoder_hidden_states": fake.to(device)}, uncond),
+            Cond({"encoder_hidden_states": teacher.to(device)}, uncond),
+            n_retain,
+            n_forget,
+        )

@@ -1,0 +1,71 @@
+"""Adapters that turn diffusers UNets into EDM-style denoisers D(x_sigma, sigma, cond) -> x0.
+
+SFD's losses are written for x0-predictions in sigma space (DESIGN.md section 2). Teachers are trained
+with epsilon-, v- or sample-prediction on a discrete VP schedule; `Denoiser` wraps such a UNet without
+changing it, computing x0 in closed form (diffusers' schedulers clamp x0 by default, which would block
+gradients).  `cond` is a dict of keyword arguments for the UNet: {"class_labels": y} for a
+class-conditional UNet2DModel, {"encoder_hidden_states": e} for a UNet2DConditionModel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .schedules import DiscreteVPSchedule
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class Denoiser(nn.Module):
+    """x0-prediction of a discrete-time UNet, evaluated at continuous sigma."""
+
+    def __init__(self, unet: nn.Module, schedule: DiscreteVPSchedule, prediction_type: str = "epsilon"):
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r} not supported; expected one of {PREDICTION_TYPES}")
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+
+    @classmethod
+    def from_unet_and_scheduler_config(cls, unet: nn.Module, scheduler_config) -> "Denoiser":
+        get = scheduler_config.get if isinstance(scheduler_config, dict) else lambda k, d=None: getattr(scheduler_config, k, d)
+        return cls(unet, DiscreteVPSchedule.from_scheduler_config(scheduler_config), get("prediction_type", "epsilon"))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: dict) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        s = sigma.view(-1, *([1] * (x.ndim - 1)))
+        alpha = (1 + s**2).rsqrt()  # sqrt(abar_t)
+        x_t = x * alpha
+        t = self.schedule.sigma_to_t(sigma)
+        dtype = next(self.unet.parameters()).dtype
+        cond = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in cond.items()}
+        out = self.unet(x_t.to(dtype), t, **cond, return_dict=False)[0].float()
+        if self.prediction_type == "epsilon":
+            return x - s * out
+        if self.prediction_type == "v_prediction":
+            # x0 = sqrt(abar) x_t - sqrt(1 - abar) v, with sqrt(1 - abar) = sigma * sqrt(abar)
+            return alpha * x_t - s * alpha * out
+        return out
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Weight on ||D - x0||^2 that equals the teacher's own training loss (epsilon-, v- or x0-MSE)."""
+        if self.prediction_type == "epsilon":
+            return sigma**-2
+        if self.prediction_type == "v_prediction":
+            return (1 + sigma**2) / sigma**2
+        return torch.ones_like(sigma)
+
+
+def guided(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uncond: dict | None, scale: float) -> torch.Tensor:
+    """Classifier-free guidance D_u + scale * (D_c - D_u), in one batched call; scale 1 (or no uncond) is plain D_c."""
+    if uncond is None or scale == 1.0:
+        return denoiser(x, sigma, cond)
+    both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    sigma2 = torch.cat([sigma, sigma]) if sigma.ndim else sigma
+    d_u, d_c = denoiser(torch.cat([x, x]), sigma2, both).chunk(2)
+    return d_u + scale * (d_c - d_u)

@@ -1,0 +1,45 @@
+"""Exponential moving average of a module's parameters, with the usual warm-up of the decay."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    def __init__(self, module: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.num_updates += 1
+        # Warm-up: early averages must not be dominated by the initial weights.
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for k, v in module.state_dict().items():
+            s = self.shadow[k]
+            if v.dtype.is_floating_point:
+                s.mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                s.copy_(v)
+
+    def copy_to(self, module: nn.Module) -> nn.Module:
+        """Load the averaged weights into `module` (in its own dtype) and return it."""
+        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
+        return module
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay = state["decay"]
+        self.num_updates = state["num_updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+    def clone_module(self, module: nn.Module) -> nn.Module:
+        return self.copy_to(copy.deepcopy(module))

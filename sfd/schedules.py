@@ -1,0 +1,75 @@
+"""Noise schedules in EDM/sigma notation.
+
+SFD works in the variance-exploding parameterisation x_sigma = x0 + sigma * n (DESIGN.md section 2).
+Discrete DDPM-style models (the digits teacher, Stable Diffusion) are trained on
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, which is x_sigma / sqrt(1 + sigma^2) with
+sigma_t = sqrt((1 - abar_t) / abar_t).  `DiscreteVPSchedule` converts between the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def betas_for(beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int) -> torch.Tensor:
+    """The beta schedules of diffusers' DDPMScheduler that the supported teachers use."""
+    n = num_train_timesteps
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+    if beta_schedule == "scaled_linear":  # Stable Diffusion
+        return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        def abar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float64)
+    raise ValueError(f"unsupported beta_schedule {beta_schedule!r}; expected linear, scaled_linear or squaredcos_cap_v2")
+
+
+class DiscreteVPSchedule:
+    """sigma <-> timestep for a discrete variance-preserving schedule with `num_train_timesteps` steps."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        abar = alphas_cumprod.to(torch.float64)
+        self.sigmas = ((1 - abar) / abar).sqrt().to(torch.float32)  # increasing in t
+        self.log_sigmas = self.sigmas.log()
+        self.num_train_timesteps = len(abar)
+
+    @classmethod
+    def from_scheduler_config(cls, config) -> "DiscreteVPSchedule":
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        betas = betas_for(
+            get("beta_schedule", "linear"), get("beta_start", 1e-4), get("beta_end", 0.02), get("num_train_timesteps", 1000)
+        )
+        return cls(torch.cumprod(1 - betas, dim=0))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_at(self, t: torch.Tensor | int) -> torch.Tensor:
+        """sigma of integer timestep(s) t."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        return self.sigmas.to(t.device)[t]
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep for sigma, interpolating log-sigma between the discrete steps (as k-diffusion does)."""
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigma = sigma.to(torch.float32).clamp(min=float(self.sigmas[0]), max=float(self.sigmas[-1])).log()
+        idx = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, len(log_sigmas) - 1)
+        lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
+        w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+        return (idx - 1).to(torch.float32) + w
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """The EDM sampling schedule (Karras et al. 2022, eq. 5), with a final 0 appended."""
+    ramp = torch.linspace(0, 1, n)
+    inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    return torch.cat([inv**rho, torch.zeros(1)])

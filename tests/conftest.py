@@ -1,0 +1,72 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_class_unet(num_classes: int = 4, seed: int = 0):
+    """A class-conditional UNet2DModel small enough for unit tests (random weights, seeded)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1, num_class_embeds=num_classes, norm_num_groups=8,
+    )
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path):
+    """A tiny random class-conditional teacher saved as a ClassConditionalPipeline folder."""
+    from diffusers import HeunDiscreteScheduler
+
+    from pipelines import ClassConditionalPipeline
+    from sfd.worlds.digits import teacher_scheduler_config
+
+    pipe = ClassConditionalPipeline(
+        unet=tiny_class_unet(), scheduler=HeunDiscreteScheduler(**teacher_scheduler_config(), use_karras_sigmas=True),
+        class_names=["zero", "one", "two", "three"],
+    )
+    path = tmp_path / "teacher"
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def build_tiny_sd(prediction_type: str = "epsilon", seed: int = 0):
+    """A tiny random StableDiffusionPipeline built offline from configs (diffusers' dummy-component sizes)."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sfd.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    torch.manual_seed(seed + 2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                                        eos_token_id=49407, pad_token_id=49407))
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                        beta_schedule="scaled_linear", prediction_type=prediction_type)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(), unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    build_tiny_sd().save_pretrained(path, safe_serialization=True)
+    return path
