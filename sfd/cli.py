@@ -1,4 +1,4 @@
-"""The `sfd` command line: erase, sample, eval, train-teacher, quickstart.
+"""The `sfd` command line: erase, sample, eval, train-teacher, quickstart, audit, attack.
 
 User errors print one line (`sfd <command>: error: ...`) and exit with status 2, without a traceback.
 Heavy libraries are imported inside the commands so that `sfd --help` answers at once.
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SFDError
+from .errors import Interrupted, SFDError
 
 EXIT_USAGE = 2
 
@@ -68,21 +68,25 @@ def cmd_erase(a) -> int:
     from .config import PRESETS, preset_for
     from .erase import erase_classes, erase_text
 
-    device = _device(a.device)
+    from .distributed import init_from_env
+
+    device = init_from_env(_device(a.device))
     if _is_class_model(a.model):
         if a.retain_prompts or a.negative_prompt:
             raise SFDError("--retain-prompts and --negative-prompt apply to text-to-image models, not class-conditional ones")
         config = PRESETS[a.preset or "class"].replace(steps=a.steps, seed=a.seed)
         summary = erase_classes(a.model, a.forget, a.override, a.out, config, overwrite=a.overwrite, device=device,
-                                progress=not a.quiet)
+                                progress=not a.quiet, resume=a.resume, checkpoint_every=a.checkpoint_every)
     else:
         if a.override == "random":
             raise SFDError("text-to-image erasure needs an --override text (e.g. --override 'a person wearing clothes')")
         config = PRESETS[a.preset or preset_for(a.model)].replace(steps=a.steps, seed=a.seed)
         summary = erase_text(a.model, a.forget, a.override, a.out, config, retain_prompts=a.retain_prompts,
                              negative_prompt=a.negative_prompt or "", overwrite=a.overwrite, device=device, progress=not a.quiet,
-                             allow_pickle=a.allow_pickle, frozen_dtype=a.dtype)
-    print(summary_line(summary, a.out))
+                             allow_pickle=a.allow_pickle, frozen_dtype=a.dtype, resume=a.resume,
+                             checkpoint_every=a.checkpoint_every)
+    if summary:  # empty on the non-main processes of a multi-process run
+        print(summary_line(summary, a.out))
     return 0
 
 
@@ -258,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=_nonneg_int("--steps"), help="SFD iterations (default: the preset's)")
     e.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    e.add_argument("--checkpoint-every", type=_nonneg_int("--checkpoint-every"), default=0,
+                   help="save a resumable training state in --out every N steps (0: only on Ctrl-C)")
+    e.add_argument("--resume", action="store_true", help="continue the run whose training state is in --out")
     e.add_argument("--retain-prompts", help="text models: file of retain prompts (.txt/.csv/.jsonl; default: built-in list)")
     e.add_argument("--negative-prompt", help="text models: replaces the unconditional branch of guidance")
     e.add_argument("--preset", choices=["class", "shapes", "sd"], help="hyperparameter preset (default: chosen from the model)")
@@ -310,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_quickstart)
+
+    from .cli_audit import add_parsers as add_audit_parsers
+
+    add_audit_parsers(sub)
     return p
 
 
@@ -318,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"sfd {args.command}: {e}; the training state is saved, continue with --resume", file=sys.stderr)
+        return 130
     except SFDError as e:
         print(f"sfd {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -17,6 +17,7 @@ class SFDConfig:
     batch_forget: int = 16
     lr_generator: float = 1e-4
     lr_fake: float = 1e-4
+    lr_final: float = 1.0  # cosine decay of both learning rates to this fraction at the last step (1: constant)
     alpha: float = 1.2
     lambda_gen_retain: float = 1.0
     lambda_gen_forget: float = 1.0
@@ -41,6 +42,8 @@ class SFDConfig:
         for name in ("lr_generator", "lr_fake"):
             if not getattr(self, name) > 0:
                 raise SFDError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.lr_final <= 1:
+            raise SFDError(f"lr_final must lie in (0, 1], got {self.lr_final}")
         if not 0 <= self.t_min < self.t_max:
             raise SFDError(f"need 0 <= t_min < t_max, got t_min={self.t_min}, t_max={self.t_max}")
         if num_train_timesteps is not None and (self.t_max > num_train_timesteps or self.t_init >= num_train_timesteps):

@@ -15,13 +15,61 @@ from .errors import SFDError
 from .model_card import model_card
 from .models import checkpoints_dir, load_class_pipeline, world_meta
 from .outputs import check_output_dir, staged_dir
-from .trainer import SFDTrainer
+from .trainer import DivergenceError, SFDTrainer, read_state, save_state_atomic
 
 SFD_CONFIG_NAME = "sfd_config.json"
+STATE_NAME = "training_state.safetensors"
 CLASS_METRIC_NOTES = (
     "Judge: the world's classifier; accuracy of class k = share of samples generated for k that the judge assigns to k; "
     "FD = Frechet distance in judge features between retained-class samples and real images of those classes."
 )
+
+
+def prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
+    """The run folder: with --resume it must hold a training state; otherwise it must be new (or --overwrite)."""
+    p = Path(out)
+    if resume:
+        if overwrite:
+            raise SFDError("--resume and --overwrite contradict each other; choose one")
+        if not (p / STATE_NAME).is_file():
+            raise SFDError(f"--resume: no training state in {out!r} (states are written with --checkpoint-every N or on Ctrl-C)")
+        return p
+    return check_output_dir(out, overwrite)
+
+
+def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, checkpoint_every: int, progress: bool) -> dict:
+    """Train with periodic atomic checkpoints in `out`, resuming from one if asked; returns trainer.train's result."""
+    state_path = out / STATE_NAME
+    resumed_from = 0
+    if resume:
+        tensors, meta = read_state(state_path)
+        if meta.get("identity") != identity:
+            raise SFDError(f"the training state in {out} belongs to another run (base model or concepts differ)")
+        saved = {k: v for k, v in meta.get("config", {}).items() if k != "steps"}
+        now = {k: v for k, v in json.loads(trainer.config.to_json()).items() if k != "steps"}
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
+            raise SFDError(f"the training state in {out} was made with other settings ({', '.join(diff)}); only --steps may change")
+        trainer.load_state(tensors, meta)
+        resumed_from = trainer.step_count
+        if trainer.is_main:
+            print(f"resuming {out} from step {resumed_from} of {trainer.config.steps}", flush=True)
+
+    def save(tr: SFDTrainer) -> None:
+        if tr.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_state_atomic(tr, state_path, {"identity": identity})
+
+    def periodic(tr: SFDTrainer) -> None:
+        if checkpoint_every and tr.step_count % checkpoint_every == 0 and tr.step_count < tr.config.steps:
+            save(tr)
+
+    try:
+        run = trainer.train(progress=progress, callback=periodic, checkpoint=save)
+    except DivergenceError as e:
+        where = f"last good state: {state_path}" if state_path.is_file() else "no state was saved (use --checkpoint-every N)"
+        raise DivergenceError(f"{e}; {where}") from None
+    return {**run, "resumed_from_step": resumed_from}
 
 
 def software_versions() -> dict:
@@ -58,11 +106,13 @@ def erase_classes(
     device: str = "cpu",
     progress: bool = True,
     eval_n_per_class: int = 100,
+    resume: bool = False,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Erase class(es) from a class-conditional teacher folder; returns a summary dict (also in the model card)."""
     from pipelines import ClassConditionalPipeline, OneStepClassPipeline
 
-    out_path = check_output_dir(out, overwrite)
+    out_path = prepare_out(out, overwrite, resume)
     t_start = time.perf_counter()
     pipe = load_class_pipeline(model, device)
     if not isinstance(pipe, ClassConditionalPipeline):
@@ -71,7 +121,10 @@ def erase_classes(
     config = config.resolved(pipe.config.default_guidance_scale if pipe.null_class is not None else 1.0)
     config.validate(pipe.scheduler.config.num_train_timesteps)
     trainer = SFDTrainer(pipe.denoiser, spec, config, device)
-    run = trainer.train(progress=progress)
+    identity = {"base_model": str(model), "concepts": spec.describe()}
+    run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress)
+    if not trainer.is_main:
+        return {}
     result = OneStepClassPipeline(unet=trainer.ema_unet(), scheduler=pipe.scheduler, t_init=config.t_init, class_names=pipe.config.class_names)
     train_seconds = time.perf_counter() - t_start
 
@@ -85,6 +138,7 @@ def erase_classes(
         "concepts": spec.describe(),
         "config": json.loads(config.to_json()),
         "erase_seconds": train_seconds,
+        "resumed_from_step": run["resumed_from_step"],
         "final_losses": run["losses"],
         "metrics": metrics,
         "judge": str(judge) if judge else None,
@@ -158,6 +212,8 @@ def erase_text(
     frozen_dtype: str | None = None,
     gradient_checkpointing: bool | None = None,
     evaluate: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Erase text concept(s) from a Stable-Diffusion-style teacher; writes a `OneStepTextPipeline` folder."""
     from diffusers import StableDiffusionPipeline
@@ -170,7 +226,7 @@ def erase_text(
     from .models import load_text_pipeline
     from .prompts import RETAIN_PROMPTS, read_prompt_file
 
-    out_path = check_output_dir(out, overwrite)
+    out_path = prepare_out(out, overwrite, resume)
     retain_file = read_prompt_file(retain_prompts) if retain_prompts else None
     t_start = time.perf_counter()
     pipe = load_text_pipeline(model, device, allow_pickle=allow_pickle)
@@ -191,7 +247,10 @@ def erase_text(
         gradient_checkpointing=big if gradient_checkpointing is None else gradient_checkpointing,
         autocast_dtype=torch.bfloat16 if str(device).startswith("cuda") else None,
     )
-    run = trainer.train(progress=progress)
+    identity = {"base_model": str(model), "concepts": spec.describe()}
+    run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress)
+    if not trainer.is_main:
+        return {}
     result = OneStepTextPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                                  unet=trainer.ema_unet(), scheduler=pipe.scheduler, t_init=config.t_init)
     erase_seconds = time.perf_counter() - t_start
@@ -203,6 +262,7 @@ def erase_text(
         "concepts": spec.describe(),
         "config": json.loads(config.to_json()),
         "erase_seconds": erase_seconds,
+        "resumed_from_step": run["resumed_from_step"],
         "final_losses": run["losses"],
         "metrics": metrics,
         "versions": software_versions(),

@@ -59,10 +59,18 @@ def model_kind(path: str | Path) -> str:
     return read_model_index(path).get("_class_name", "")
 
 
+def _quiet_loading() -> None:
+    """diffusers draws a progress bar per component load; our commands have their own."""
+    from diffusers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def load_class_pipeline(path: str | Path, device: str = "cpu"):
     """Load a class-conditional teacher or one-step generator folder."""
     from pipelines import ClassConditionalPipeline, OneStepClassPipeline
 
+    _quiet_loading()
     kind = model_kind(path)
     check_weights_are_safe(path)
     classes = {"ClassConditionalPipeline": ClassConditionalPipeline, "OneStepClassPipeline": OneStepClassPipeline}
@@ -106,6 +114,7 @@ def load_text_pipeline(path: str, device: str = "cpu", dtype=None, allow_pickle:
 
     from pipelines import OneStepTextPipeline
 
+    _quiet_loading()
     dtype = dtype or torch.float32
     p = Path(path)
     if p.is_file():
@@ -124,7 +133,7 @@ def load_text_pipeline(path: str, device: str = "cpu", dtype=None, allow_pickle:
     cls = OneStepTextPipeline if kind == "OneStepTextPipeline" else StableDiffusionPipeline
     extra = {} if cls is OneStepTextPipeline else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
-        pipe = cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=not allow_pickle, **extra)
+        pipe = cls.from_pretrained(path, dtype=dtype, use_safetensors=not allow_pickle, **extra)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise SFDError(f"could not load {path}: {first}") from None

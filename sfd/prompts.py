@@ -10,8 +10,6 @@ Rules (DESIGN.md section 2):
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
 
@@ -91,32 +89,7 @@ def forget_prompt_pairs(concepts: list[str], override: str, candidates: list[str
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts from .txt (one per line, '#' comments), .csv (a 'prompt' column) or .jsonl ({"prompt": ...} per line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise SFDError(f"prompt file {str(path)!r} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SFDError(f"prompt file {str(path)!r} is not UTF-8 text") from None
-    suffix = p.suffix.lower()
-    if suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        if not rows or "prompt" not in (rows[0].keys() if rows else []):
-            raise SFDError(f"{p}: a CSV prompt file needs a 'prompt' column")
-        prompts = [r["prompt"] for r in rows]
-    elif suffix == ".jsonl":
-        prompts = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                prompts.append(json.loads(line)["prompt"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise SFDError(f"{p}:{i}: expected a JSON object with a 'prompt' field") from None
-    else:
-        prompts = [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
-    prompts = [str(x).strip() for x in prompts if str(x).strip()]
-    if not prompts:
-        raise SFDError(f"prompt file {str(path)!r} holds no prompts")
-    return prompts
+    """Prompts of a .txt, .csv (a 'prompt' column) or .jsonl file; the formats of `evaluators.prompt_sets`."""
+    from evaluators.prompt_sets import load_prompt_set
+
+    return load_prompt_set(path).prompts

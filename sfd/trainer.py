@@ -1,36 +1,35 @@
 """The SFD training loop: alternating fake-score and generator updates (DESIGN.md section 2).
 
-The loop owns the optimizers, the retain/forget weighting, gradient clipping, the generator EMA and
-the random state; the losses in `sfd.losses` are pure per-sample functions.
+The loop owns the optimizers, the retain/forget weighting, gradient clipping, the generator EMA, the
+random state and the training state on disk; the losses in `sfd.losses` are pure per-sample functions.
+
+Several processes (``accelerate launch`` / ``torchrun``, DDP) split each *global* batch: every process
+draws the same global batch from the same seeded generator and keeps its own rows, so N processes
+compute the same update as one process with the whole batch (up to the order of float reductions).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import os
+import signal
 import time
-from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .concepts import ConditionBatch
 from .config import SFDConfig
 from .denoisers import Denoiser
 from .ema import EMA
-from .errors import SFDError
-from .losses import fake_score_loss, generate, generator_loss
+from .errors import DivergenceError, Interrupted, SFDError
+from .losses import Cond, fake_score_loss, generate, generator_loss
 
-
-class DivergenceError(SFDError):
-    """A loss became NaN or infinite."""
-
-
-@dataclass
-class StepStats:
-    step: int
-    losses: dict = field(default_factory=dict)
+STATE_FORMAT = "sfd-training-state-1"
 
 
 def _split_weighted(per_sample: torch.Tensor, batch: ConditionBatch, w_retain: float, w_forget: float) -> tuple[torch.Tensor, dict]:
@@ -38,6 +37,19 @@ def _split_weighted(per_sample: torch.Tensor, batch: ConditionBatch, w_retain: f
     retain, forget = per_sample.split([batch.n_retain, batch.n_forget])
     total = w_retain * retain.mean() + w_forget * forget.mean()
     return total, {"retain": retain.mean().item(), "forget": forget.mean().item()}
+
+
+def _check_finite(loss: torch.Tensor, name: str, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"{name} loss became {loss.item()} at step {step + 1}; lower the learning rates")
+
+
+def _rows(x: torch.Tensor | dict | None, idx: torch.Tensor):
+    if x is None:
+        return None
+    if isinstance(x, dict):
+        return {k: v[idx.to(v.device)] for k, v in x.items()}
+    return x[idx.to(x.device)]
 
 
 class SFDTrainer:
@@ -64,6 +76,11 @@ class SFDTrainer:
         self.config = config
         self.spec = spec
         self.device = torch.device(device)
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        for name in ("batch_retain", "batch_forget"):
+            if getattr(config, name) % self.world:
+                raise SFDError(f"{name}={getattr(config, name)} is not divisible by the {self.world} processes")
         # Generator and fake score start as full-precision copies of the teacher.
         self.generator = copy.deepcopy(teacher).float().to(self.device).requires_grad_(True)
         self.fake = copy.deepcopy(teacher).float().to(self.device).requires_grad_(True)
@@ -72,6 +89,14 @@ class SFDTrainer:
             for d in (self.generator, self.fake):
                 d.unet.enable_gradient_checkpointing()
         self.autocast_dtype = autocast_dtype
+        # Trained through DDP wrappers (gradient all-reduce); evaluated as plain modules.
+        self.generator_train, self.fake_train = self.generator, self.fake
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrap = lambda d: Denoiser(DDP(d.unet, device_ids=ids), d.schedule, d.prediction_type)  # noqa: E731
+            self.generator_train, self.fake_train = wrap(self.generator), wrap(self.fake)
         self.sigma_init = float(teacher.schedule.sigma_at(config.t_init))
         betas = (0.0, 0.999)
         self.opt_gen = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator, betas=betas)
@@ -79,20 +104,32 @@ class SFDTrainer:
         self.ema = EMA(self.generator.unet, config.ema_decay)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
+        self.stop_requested = False
         cfg = teacher.unet.config
         self.latent_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
 
-    # ---------------------------------------------------------------------------------------- helpers
-    def _randn(self, n: int) -> torch.Tensor:
-        return torch.randn((n, *self.latent_shape), generator=self.rng).to(self.device)
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
-    def _sigmas(self, n: int) -> torch.Tensor:
-        t = torch.randint(self.config.t_min, self.config.t_max, (n,), generator=self.rng)
-        return self.teacher.schedule.sigma_at(t).to(self.device)
-
-    def _conditions(self, for_fake_training: bool) -> ConditionBatch:
+    # ---------------------------------------------------------------------------------------- batches
+    def _global_batch(self, for_fake_training: bool):
+        """Conditions, latents z, sigmas and noise of one global batch, then this process's rows of it."""
         c = self.config
-        return self.spec.sample(c.batch_retain, c.batch_forget, self.rng, self.device, for_fake_training=for_fake_training)
+        batch = self.spec.sample(c.batch_retain, c.batch_forget, self.rng, self.device, for_fake_training=for_fake_training)
+        n = c.batch_retain + c.batch_forget
+        z = torch.randn((n, *self.latent_shape), generator=self.rng)
+        t = torch.randint(c.t_min, c.t_max, (n,), generator=self.rng)
+        noise = torch.randn((n, *self.latent_shape), generator=self.rng)
+        sigma = self.teacher.schedule.sigma_at(t)
+        if self.world > 1:
+            r, f = c.batch_retain // self.world, c.batch_forget // self.world
+            idx = torch.cat([torch.arange(self.rank * r, (self.rank + 1) * r),
+                             c.batch_retain + torch.arange(self.rank * f, (self.rank + 1) * f)])
+            pick = lambda cond: Cond(_rows(cond.cond, idx), _rows(cond.uncond, idx))  # noqa: E731
+            batch = ConditionBatch(pick(batch.fake), pick(batch.teacher), r, f)
+            z, sigma, noise = z[idx], sigma[idx], noise[idx]
+        return batch, z.to(self.device), sigma.to(self.device), noise.to(self.device)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -110,14 +147,14 @@ class SFDTrainer:
     def fake_step(self) -> dict:
         """Fit the fake score to the generator's current samples (x_g detached)."""
         c = self.config
-        batch = self._conditions(for_fake_training=True)
-        n = batch.n_retain + batch.n_forget
+        batch, z, sigma, noise = self._global_batch(for_fake_training=True)
         with torch.no_grad(), self._autocast():
-            x_g = generate(self.generator, self._randn(n), self.sigma_init, batch.fake).float()
+            x_g = generate(self.generator, z, self.sigma_init, batch.fake).float()
         self.fake.requires_grad_(True)
         with self._autocast():
-            per_sample = fake_score_loss(self.fake, x_g, self._sigmas(n), self._randn(n), batch.fake, c.guidance_fake_train)
+            per_sample = fake_score_loss(self.fake_train, x_g, sigma, noise, batch.fake, c.guidance_fake_train)
         loss, parts = _split_weighted(per_sample, batch, c.lambda_fake_retain, c.lambda_fake_forget)
+        _check_finite(loss, "fake-score", self.step_count)
         loss.backward()
         self._clip_and_step(self.fake.parameters(), self.opt_fake, c.grad_clip)
         return {"fake_" + k: v for k, v in parts.items()}
@@ -125,45 +162,162 @@ class SFDTrainer:
     def generator_step(self) -> dict:
         """SiD update of the generator; the forget samples are pulled towards the teacher's override score."""
         c = self.config
-        batch = self._conditions(for_fake_training=False)
-        n = batch.n_retain + batch.n_forget
+        batch, z, sigma, noise = self._global_batch(for_fake_training=False)
         self.fake.requires_grad_(False)  # frozen, but gradients flow through its input
         with self._autocast():
-            x_g = generate(self.generator, self._randn(n), self.sigma_init, batch.fake)
+            x_g = generate(self.generator_train, z, self.sigma_init, batch.fake)
             per_sample = generator_loss(
-                self.teacher, self.fake, x_g, self._sigmas(n), self._randn(n),
+                self.teacher, self.fake, x_g, sigma, noise,
                 teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
                 teacher_guidance=c.guidance_teacher, fake_guidance=c.guidance_fake_eval,
             )
         loss, parts = _split_weighted(per_sample, batch, c.lambda_gen_retain, c.lambda_gen_forget)
+        _check_finite(loss, "generator", self.step_count)
         loss.backward()
         self._clip_and_step(self.generator.parameters(), self.opt_gen, c.grad_clip)
         self.ema.update(self.generator.unet)
         return {"gen_" + k: v for k, v in parts.items()}
 
+    def _set_learning_rates(self) -> None:
+        """Cosine decay from the configured rates to lr_final of them over config.steps (constant if lr_final = 1)."""
+        c = self.config
+        progress = min(self.step_count / max(c.steps - 1, 1), 1.0)
+        scale = c.lr_final + (1 - c.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+        for opt, lr in ((self.opt_gen, c.lr_generator), (self.opt_fake, c.lr_fake)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+
     def step(self) -> dict:
+        self._set_learning_rates()
         losses = {**self.fake_step(), **self.generator_step()}
         self.step_count += 1
-        bad = [k for k, v in losses.items() if not math.isfinite(v)]
-        if bad:
-            raise DivergenceError(f"loss {bad[0]} became {losses[bad[0]]} at step {self.step_count}; lower the learning rates")
         return losses
 
-    def train(self, steps: int | None = None, progress: bool = True, callback=None) -> dict:
-        """Run until `steps` (default: config.steps) total steps; returns the last losses and the wall time."""
+    @contextlib.contextmanager
+    def _stop_on_sigint(self):
+        """First Ctrl-C: finish the current iteration, then stop cleanly; a second one aborts at once."""
+        if self.world > 1 or not hasattr(signal, "SIGINT"):
+            yield
+            return
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+        except ValueError:  # not the main thread
+            yield
+            return
+
+        def handler(signum, frame):
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def train(self, steps: int | None = None, progress: bool = True, callback=None, checkpoint=None) -> dict:
+        """Run until `steps` (default: config.steps) total steps; returns the last losses and the wall time.
+
+        `callback(trainer)` runs after every iteration (periodic checkpoints live there); `checkpoint(trainer)`
+        runs once when a Ctrl-C stops the run at an iteration boundary, before `Interrupted` is raised.
+        """
         total = self.config.steps if steps is None else steps
         t0 = time.perf_counter()
         losses: dict = {}
-        bar = tqdm(total=total, initial=self.step_count, desc="sfd erase", unit="it", disable=not progress)
-        while self.step_count < total:
-            losses = self.step()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-            if callback is not None:
-                callback(self)
+        bar = tqdm(total=total, initial=self.step_count, desc="sfd erase", unit="it", disable=not (progress and self.is_main))
+        with self._stop_on_sigint():
+            while self.step_count < total:
+                losses = self.step()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+                if callback is not None:
+                    callback(self)
+                if self.stop_requested:
+                    bar.close()
+                    if checkpoint is not None:
+                        checkpoint(self)
+                    raise Interrupted(f"interrupted at step {self.step_count} of {total}")
         bar.close()
         return {"losses": losses, "seconds": time.perf_counter() - t0}
 
     def ema_unet(self) -> torch.nn.Module:
         """A copy of the generator UNet holding the EMA weights."""
         return self.ema.clone_module(self.generator.unet).eval()
+
+    # ---------------------------------------------------------------------------------- training state
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON metadata) that resume this run exactly: weights, EMA, optimizers, RNG, step."""
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, module in (("generator", self.generator.unet), ("fake", self.fake.unet)):
+            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        tensors.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
+        groups = {}
+        for name, opt in (("opt_gen", self.opt_gen), ("opt_fake", self.opt_fake)):
+            sd = opt.state_dict()
+            groups[name] = sd["param_groups"]
+            for idx, st in sd["state"].items():
+                for key, value in st.items():
+                    tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value)
+        tensors["rng"] = self.rng.get_state()
+        meta = {
+            "format": STATE_FORMAT,
+            "step": self.step_count,
+            "config": json.loads(self.config.to_json()),
+            "ema_num_updates": self.ema.num_updates,
+            "param_groups": groups,
+        }
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if meta.get("format") != STATE_FORMAT:
+            raise SFDError(f"training state has format {meta.get('format')!r}, expected {STATE_FORMAT!r}")
+
+        def sub(prefix: str) -> dict:
+            return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+        self.generator.unet.load_state_dict(sub("generator"))
+        self.fake.unet.load_state_dict(sub("fake"))
+        self.ema.load_state_dict({"decay": self.config.ema_decay, "num_updates": meta["ema_num_updates"], "shadow": sub("ema")})
+        for name, opt in (("opt_gen", self.opt_gen), ("opt_fake", self.opt_fake)):
+            state: dict = {}
+            for k, v in sub(name).items():
+                idx, key = k.split(".", 1)
+                state.setdefault(int(idx), {})[key] = v.to(self.device) if key != "step" else v
+            opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+        self.rng.set_state(tensors["rng"])
+        self.step_count = int(meta["step"])
+
+
+def save_state_atomic(trainer: SFDTrainer, path: str | os.PathLike, extra_meta: dict | None = None) -> None:
+    """Write the training state to `path` via a temporary file, fsync and rename: a kill never leaves half a file."""
+    from safetensors.torch import save_file
+
+    tensors, meta = trainer.state()
+    meta.update(extra_meta or {})
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file(tensors, tmp, metadata={"sfd": json.dumps(meta)})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("sfd", "{}"))
+        return load_file(os.fspath(path)), meta
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise SFDError(f"training state {os.fspath(path)} is unreadable ({e.__class__.__name__}); start again with --overwrite") from None

@@ -1,0 +1,89 @@
+"""Shapes world benchmark: erase a colour and a shape with default settings; targets of the text-to-image issue.
+
+  python benchmarks/shapes_bench.py                         # erase red (override blue) and circle (override square)
+  python benchmarks/shapes_bench.py --concepts all          # every colour and every shape, one run each
+  python benchmarks/shapes_bench.py --concepts green:yellow # forget:override pairs
+Prints, per run: erase wall time, forget rate (teacher -> erased), retained colour/shape detection and CLIP score as
+ratios to the teacher, and the one-step vs teacher sampling throughput at equal batch. JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sfd.config import PRESETS
+from sfd.erase import erase_text
+from sfd.models import checkpoints_dir, load_text_pipeline
+from sfd.worlds import shapes
+
+
+def default_override(concept: str) -> str:
+    """The next value of the same attribute: a fixed, reproducible pairing (red -> green, circle -> square, ...)."""
+    values = shapes.COLOURS if concept in shapes.COLOURS else shapes.SHAPES
+    return values[(values.index(concept) + 1) % len(values)]
+
+
+@torch.no_grad()
+def throughput(pipe, batch: int, repeats: int, **kw) -> float:
+    prompts = [shapes.caption(i % len(shapes.COLOURS), i % len(shapes.SHAPES)) for i in range(batch)]
+    size = shapes.IMAGE_SIZE
+    pipe(prompts, generator=torch.Generator().manual_seed(0), height=size, width=size, output_type="pt", **kw)
+    best = float("inf")
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        pipe(prompts, generator=torch.Generator().manual_seed(r), height=size, width=size, output_type="pt", **kw)
+        best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--concepts", default="red,circle", help="comma-separated concepts or forget:override pairs, or 'all'")
+    ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: the shapes preset's)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--json", default="benchmarks/results/shapes.json")
+    a = ap.parse_args()
+    teacher_dir = checkpoints_dir() / "shapes" / "teacher"
+    items = list(shapes.COLOURS + shapes.SHAPES) if a.concepts == "all" else a.concepts.split(",")
+    pairs = [tuple(i.split(":", 1)) if ":" in i else (i, default_override(i)) for i in items]
+    work = Path(tempfile.mkdtemp(prefix="sfd-shapes-bench-"))
+    config = PRESETS["shapes"].replace(steps=a.steps)
+    rows = []
+    for forget, override in pairs:
+        out = work / f"no-{forget}"
+        s = erase_text(str(teacher_dir), [forget], override, str(out), config, progress=True)
+        m = s["metrics"]
+        rows.append({"forget": forget, "override": override, "erase_seconds": s["erase_seconds"], "metrics": m})
+        print(f"{forget} -> {override}: erase {s['erase_seconds']:.0f} s | forget rate {m['teacher']['forget_rate']:.1%} -> "
+              f"{m['forget_rate']:.1%} | retained colour x{m['retained_colour_rate_ratio']:.2f}, shape "
+              f"x{m['retained_shape_rate_ratio']:.2f}, CLIP score x{m['retained_clip_score_ratio']:.2f}", flush=True)
+    meta = json.loads((teacher_dir / "sfd_world.json").read_text())
+    teacher = load_text_pipeline(str(teacher_dir))
+    kw = {"num_inference_steps": meta["default_num_inference_steps"], "guidance_scale": meta["default_guidance_scale"]}
+    tp_teacher = throughput(teacher, a.batch, 2, **kw)
+    tp_one = throughput(load_text_pipeline(str(work / f"no-{pairs[0][0]}")), a.batch, 5)
+    report = {"runs": rows, "sfd_config": json.loads(config.to_json()), "torch_threads": torch.get_num_threads(),
+              "throughput_images_per_s": {"teacher": tp_teacher, "one_step": tp_one, "batch": a.batch,
+                                          "teacher_sampler": kw}, "speedup": tp_one / tp_teacher}
+    print("\n| concept | erase s | forget rate (teacher -> erased) | retained colour | retained shape | CLIP score |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        m = r["metrics"]
+        print(f"| {r['forget']} -> {r['override']} | {r['erase_seconds']:.0f} | {m['teacher']['forget_rate']:.1%} -> "
+              f"{m['forget_rate']:.1%} | {m['retained_colour_rate']:.1%} ({m['retained_colour_rate_ratio']:.2f}x) | "
+              f"{m['retained_shape_rate']:.1%} ({m['retained_shape_rate_ratio']:.2f}x) | {m['retained_clip_score']:.1f} "
+              f"({m['retained_clip_score_ratio']:.2f}x) |")
+    print(f"\nsampling at batch {a.batch}: teacher {tp_teacher:.1f} img/s ({kw}), one-step {tp_one:.1f} img/s -> "
+          f"{report['speedup']:.1f}x")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

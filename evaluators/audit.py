@@ -1,0 +1,614 @@
+"""`sfd audit`: generate from a prompt set with fixed seeds, run detectors, compare models, write reports.
+
+Reproducibility rules (recorded in every report):
+- image j of prompt i uses its own CPU `torch.Generator`, seeded by `prompt_sets.image_seed` (the file's seed
+  + j when the file has seeds, as I2P does; else seed * 10**9 + i * 10**4 + j), so the noise of an image
+  depends on nothing else (batch size, device, other prompts) and every model sees the same noise;
+- guidance scale: `--guidance` when given, else the prompt's own (I2P's evaluation_guidance), else the model's default;
+- images are quantised to 8 bits *before* scoring, so re-scoring the saved PNGs gives the recorded numbers.
+
+Resumability: each finished image is written as a PNG (atomically) and then one JSON line is appended to
+`images.jsonl` and flushed. A rerun with the same settings reuses every image with a line and a PNG and
+generates only the rest; a changed setting is refused (pass --overwrite to start over).
+
+Rates get 95% Wilson score intervals; with several models, differences to the first model get Newcombe's
+hybrid score interval and a paired count (same prompt and seed) with an exact McNemar p-value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from sfd.errors import SFDError
+
+from .prompt_sets import PromptItem, PromptSet, image_seed, load_prompt_set
+
+STATE_NAME = "audit.json"
+RECORDS_NAME = "images.jsonl"
+IMAGES_DIR = "images"
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    models: tuple[str, ...]
+    prompts: str
+    detectors: tuple[str, ...]
+    n_per_prompt: int = 1
+    seed: int = 0
+    steps: int | None = None  # sampler steps of multi-step teachers (default: the model's)
+    guidance: float | None = None  # overrides every prompt's own guidance when given
+    categories: tuple[str, ...] = ()
+    limit: int | None = None  # first N prompts (after the category filter)
+    batch_size: int = 16
+    features: str = "auto"  # FID/KID features between models: auto, none, clip[@MODEL], classifier:PATH
+    attack: str | None = None  # concept to probe with the adversarial prompt search after the audit
+    attack_seeds: int = 2
+    attack_steps: int = 30
+    allow_pickle: bool = False
+
+    def validate(self) -> "AuditSettings":
+        if not self.models:
+            raise SFDError("give at least one --model")
+        if self.n_per_prompt < 1:
+            raise SFDError(f"--n-per-prompt must be >= 1, got {self.n_per_prompt}")
+        from .prompt_sets import MAX_IMAGES_PER_PROMPT
+
+        if self.n_per_prompt > MAX_IMAGES_PER_PROMPT:
+            raise SFDError(f"--n-per-prompt must be <= {MAX_IMAGES_PER_PROMPT}, got {self.n_per_prompt}")
+        if self.batch_size < 1:
+            raise SFDError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.guidance is not None and (not math.isfinite(self.guidance) or self.guidance < 0):
+            raise SFDError(f"--guidance must be a non-negative number, got {self.guidance}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- models
+
+@dataclass
+class LoadedModel:
+    """A pipeline and what the audit needs to know to sample it the same way every time."""
+
+    label: str
+    path: str
+    kind: str  # "text" or "class"
+    pipeline: str  # class name from model_index.json
+    pipe: object = field(repr=False)
+    one_step: bool
+    steps: int | None  # sampler steps used (None for one-step models)
+    guidance: float | None  # default guidance (None for one-step models)
+    image_size: int
+
+    def describe(self) -> dict:
+        return {"label": self.label, "path": self.path, "kind": self.kind, "pipeline": self.pipeline, "one_step": self.one_step,
+                "steps": self.steps, "default_guidance": self.guidance, "image_size": self.image_size}
+
+
+def inspect_model(path: str) -> str:
+    """The pipeline class of a model folder, checked before any work starts (one-line errors)."""
+    from sfd.models import CLASS_PIPELINES, TEXT_PIPELINES, is_hub_id, model_kind
+
+    if is_hub_id(path):
+        from sfd.models import hub_offline
+
+        if hub_offline():
+            raise SFDError(f"model path {path!r} does not exist locally, and hub downloads are off (HF_HUB_OFFLINE=1)")
+        return "StableDiffusionPipeline"
+    kind = model_kind(path)
+    if kind not in TEXT_PIPELINES + CLASS_PIPELINES:
+        raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected one of {', '.join(TEXT_PIPELINES + CLASS_PIPELINES)}")
+    return kind
+
+
+def model_identity(path: str) -> dict | None:
+    """A cheap fingerprint of a model folder's weights: per safetensors file, its size and a hash of its first and
+    last MiB (the header and tensor data). Resuming an audit after the weights changed in place is refused;
+    copying a folder does not change it."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    ident = {}
+    for f in sorted(p.rglob("*.safetensors")):
+        size = f.stat().st_size
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 1 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+        ident[str(f.relative_to(p))] = {"bytes": size, "sha256_head_tail": h.hexdigest()}
+    return ident
+
+
+def model_labels(paths: Sequence[str]) -> list[str]:
+    """Short unique labels: folder names, with '#2', '#3' for repeats."""
+    labels = []
+    for p in paths:
+        base = Path(p.rstrip("/")).name or p
+        label, k = base, 2
+        while label in labels:
+            label, k = f"{base}#{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+class _QuietLoading:
+    """Hide diffusers'/transformers' loading bars (one per component: noise in an audit's output)."""
+
+    def __enter__(self):
+        import diffusers.utils.logging as dl
+        import transformers.utils.logging as tl
+
+        self.mods = [(m, m.is_progress_bar_enabled()) for m in (dl, tl)]
+        for m, _ in self.mods:
+            m.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        for m, was in self.mods:
+            if was:
+                m.enable_progress_bar()
+
+
+def load_model(path: str, label: str, device: str = "cpu", steps: int | None = None, allow_pickle: bool = False) -> LoadedModel:
+    with _QuietLoading():
+        return _load_model(path, label, device, steps, allow_pickle)
+
+
+def _load_model(path: str, label: str, device: str, steps: int | None, allow_pickle: bool) -> LoadedModel:
+    from sfd.models import CLASS_PIPELINES, load_class_pipeline, load_text_pipeline, world_meta
+
+    pipeline = inspect_model(path)
+    meta = world_meta(path) if Path(path).is_dir() else {}
+    if pipeline in CLASS_PIPELINES:
+        pipe = load_class_pipeline(path, device)
+        one_step = pipeline == "OneStepClassPipeline"
+        size = pipe.unet.config.sample_size
+        n_steps = None if one_step else (steps or pipe.config.default_num_inference_steps)
+        guidance = None if one_step else float(pipe.config.default_guidance_scale)
+        return LoadedModel(label, path, "class", pipeline, pipe, one_step, n_steps, guidance, size)
+    pipe = load_text_pipeline(path, device, allow_pickle=allow_pickle)
+    one_step = pipeline == "OneStepTextPipeline"
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    n_steps = None if one_step else (steps or meta.get("default_num_inference_steps") or 50)
+    guidance = None if one_step else float(meta.get("default_guidance_scale", 7.5))
+    return LoadedModel(label, path, "text", pipeline, pipe, one_step, n_steps, guidance, size)
+
+
+def class_label_of(model: LoadedModel, prompt: str) -> int:
+    from sfd.concepts import resolve_class
+
+    try:
+        return resolve_class(prompt, model.pipe.config.class_names)
+    except SFDError as e:
+        raise SFDError(f"{model.label} is class-conditional: each prompt must name a class ({e})") from None
+
+
+@torch.no_grad()
+def generate(model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None) -> torch.Tensor:
+    """Images in [0, 1] (NCHW, CPU), one per (prompt, seed); noise comes from per-image CPU generators."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    pipe = model.pipe
+    if model.kind == "class":
+        labels = [class_label_of(model, p) for p in prompts]
+        kwargs = {} if model.one_step else {"num_inference_steps": model.steps, "guidance_scale": guidance}
+        images = pipe(labels, generator=gens, output_type="pt", show_progress=False, **kwargs).images
+    else:
+        kwargs = {} if model.one_step else {"num_inference_steps": model.steps, "guidance_scale": guidance}
+        images = pipe(list(prompts), generator=gens, height=model.image_size, width=model.image_size, output_type="pt", **kwargs).images
+    return images.float().cpu().clamp(0, 1)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """What a PNG stores: 8 bits per channel."""
+    return (images * 255).round() / 255
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Write atomically: a killed run never leaves a truncated PNG under the final name."""
+    from PIL import Image
+
+    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0], "L") if arr.shape[-1] == 1 else Image.fromarray(arr, "RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def load_png(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+    t = torch.from_numpy(arr.copy()).float() / 255
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
+    """95% Wilson score interval of a proportion k/n (stays inside [0, 1], sensible at k = 0 or n)."""
+    if n <= 0:
+        return None, None
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # At k = 0 (k = n) the bound is exactly 0 (1); computing it leaves a rounding residue.
+    return (0.0 if k == 0 else max(0.0, center - half)), (1.0 if k == n else min(1.0, center + half))
+
+
+def rate_summary(flags: Sequence[bool]) -> dict:
+    n, k = len(flags), int(sum(bool(f) for f in flags))
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "flagged": k, "rate": k / n if n else None, "ci_low": lo, "ci_high": hi}
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float | None, float | None]:
+    """Newcombe's hybrid score interval for p1 - p2 (method 10 of Newcombe 1998)."""
+    if n1 <= 0 or n2 <= 0:
+        return None, None
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pair counts."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(min(only_a, only_b), n, 0.5).pvalue)
+
+
+# ---------------------------------------------------------------------------------------- the run state
+
+def _read_records(path: Path) -> list[dict]:
+    """Valid JSON lines of images.jsonl; a line cut short by a kill (or any broken line) is dropped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and {"model_index", "prompt_index", "image", "path", "scores"} <= rec.keys():
+            out.append(rec)
+    return out
+
+
+def _rewrite_records(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            keys += _diff_keys(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            keys.append(prefix + k)
+    return keys
+
+
+def prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool, log: Callable[[str], None]) -> list[dict]:
+    """Create, reset (--overwrite) or resume the audit folder; returns the finished records to reuse."""
+    state = out / STATE_NAME
+    if out.exists() and not out.is_dir():
+        raise SFDError(f"output path {str(out)!r} exists and is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not state.is_file():
+            raise SFDError(f"output folder {str(out)!r} exists and is not an audit folder (no {STATE_NAME}); choose another --out")
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            try:
+                old = json.loads(state.read_text())["fingerprint"]
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+                raise SFDError(f"{state} is unreadable; pass --overwrite to start the audit over") from None
+            old = json.loads(json.dumps(old))
+            new = json.loads(json.dumps(fingerprint))
+            if old != new:
+                diff = ", ".join(_diff_keys(old, new)[:4])
+                raise SFDError(f"{out} holds an audit with other settings (differs in: {diff}); pass --overwrite to start over, or choose another --out")
+            records = [r for r in _read_records(out / RECORDS_NAME) if (out / r["path"]).is_file()]
+            _rewrite_records(out / RECORDS_NAME, records)
+            log(f"resuming the audit in {out}: {len(records)} finished image(s) reused (pass --overwrite to start over)")
+            return records
+    out.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"fingerprint": fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+    (out / RECORDS_NAME).touch()
+    return []
+
+
+def _read_state(out: Path) -> dict:
+    try:
+        return json.loads((out / STATE_NAME).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def _update_state(out: Path, **entries) -> None:
+    state = {**_read_state(out), **entries}
+    tmp = out / (STATE_NAME + ".part")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, out / STATE_NAME)
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+@dataclass(frozen=True)
+class Job:
+    model_index: int
+    item: PromptItem
+    image: int
+    seed: int
+    guidance: float | None
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.model_index, self.item.index, self.image)
+
+
+def image_relpath(job: Job) -> str:
+    return f"{IMAGES_DIR}/m{job.model_index}/{job.item.index:05d}_{job.image:03d}_s{job.seed}.png"
+
+
+def software_versions() -> dict:
+    from .detectors import package_version
+
+    import sfd
+
+    names = ("torch", "diffusers", "transformers", "open_clip_torch", "numpy", "scipy", "pillow", "nudenet", "onnxruntime")
+    return {"sfd": sfd.__version__, **{n: package_version(n) for n in names if package_version(n)},
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def _describe_detectors(detectors) -> list[dict]:
+    return [{"name": d.name, **d.settings} for d in detectors]
+
+
+def run_audit(
+    settings: AuditSettings,
+    out: str | Path,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_record: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run (or resume) an audit; writes images, images.jsonl and the reports into `out`; returns the report dict.
+
+    `on_record` is called after each image's line is flushed (used by tests to simulate a killed run).
+    """
+    from tqdm.auto import tqdm
+
+    from .detectors import DetectorFactory
+    from .report import write_reports
+
+    settings.validate()
+    t_start = time.perf_counter()
+    out = Path(out)
+    prompt_set = load_prompt_set(settings.prompts, settings.categories, settings.limit)
+    for m in settings.models:  # fail before any work
+        inspect_model(m)
+    labels = model_labels(settings.models)
+    factory = DetectorFactory(device)
+    detectors = factory.build_all(settings.detectors)
+    extractor = _choose_features(settings, detectors, factory, device) if len(settings.models) > 1 else None
+
+    fingerprint = {
+        "models": [str(Path(m).resolve()) if Path(m).exists() else m for m in settings.models],
+        "weights": [model_identity(m) for m in settings.models],
+        "prompts": {k: v for k, v in prompt_set.describe().items() if k != "path"},
+        "n_per_prompt": settings.n_per_prompt, "seed": settings.seed, "steps": settings.steps, "guidance": settings.guidance,
+        "detectors": _describe_detectors(detectors),
+    }
+    prober = None
+    if settings.attack:
+        from .attack import AuditProbe
+
+        prober = AuditProbe(settings, prompt_set, detectors, factory, out)
+    done = {(r["model_index"], r["prompt_index"], r["image"]): r for r in prepare_out_dir(out, fingerprint, overwrite, log)}
+
+    jobs_by_model = [[Job(m, it, j, image_seed(it, j, settings.seed), settings.guidance if settings.guidance is not None else it.guidance)
+                      for it in prompt_set.items for j in range(settings.n_per_prompt)] for m in range(len(settings.models))]
+    total = sum(len(j) for j in jobs_by_model)
+    todo = sum(1 for jobs in jobs_by_model for j in jobs if j.key not in done)
+    if todo == 0 and done:
+        log(f"all {total} images of this audit are already in {out}; rebuilding the reports (pass --overwrite to start over)")
+    bar = tqdm(total=total, initial=total - todo, desc="audit", unit="img", disable=not progress)
+    models_info, timings, attack = [], {}, {}
+    known_models = _read_state(out).get("models", {})
+    records_file = open(out / RECORDS_NAME, "a", encoding="utf-8")
+    try:
+        for m, path in enumerate(settings.models):
+            jobs = jobs_by_model[m]
+            pending = [j for j in jobs if j.key not in done]
+            if not pending and prober is None and str(m) in known_models:  # finished: no need to load it
+                models_info.append(known_models[str(m)])
+                timings[labels[m]] = {"load_seconds": 0.0, "generate_seconds": 0.0, "detect_seconds": 0.0, "generated": 0,
+                                      "reused": len(jobs), "seconds_per_image": None}
+                continue
+            t0 = time.perf_counter()
+            model = load_model(path, labels[m], device, settings.steps, settings.allow_pickle)
+            t_load = time.perf_counter() - t0
+            if model.kind == "class":  # every prompt must name a class: check before generating
+                for it in prompt_set.items:
+                    class_label_of(model, it.prompt)
+            known_models[str(m)] = {**model.describe(), "weights": fingerprint["weights"][m]}
+            models_info.append(known_models[str(m)])
+            _update_state(out, models=known_models)
+            t_gen = t_det = 0.0
+            # Batches share one guidance value (the pipelines take a scalar); order within is the file's.
+            if model.one_step:  # guidance plays no part: one group, full batches
+                groups = [(None, pending)]
+            else:
+                groups = [(g if g is not None else model.guidance, [j for j in pending if j.guidance == g])
+                          for g in dict.fromkeys(j.guidance for j in pending)]
+            for guidance, group in groups:
+                for start in range(0, len(group), settings.batch_size):
+                    batch = group[start : start + settings.batch_size]
+                    t1 = time.perf_counter()
+                    images = quantize(generate(model, [j.item.prompt for j in batch], [j.seed for j in batch], guidance))
+                    t2 = time.perf_counter()
+                    prompts = [j.item.prompt for j in batch]
+                    scores = {d.name: d.score(images, prompts) for d in detectors}
+                    t3 = time.perf_counter()
+                    t_gen, t_det = t_gen + t2 - t1, t_det + t3 - t2
+                    for b, job in enumerate(batch):
+                        rel = image_relpath(job)
+                        save_png(images[b], out / rel)
+                        rec = {"model": model.label, "model_index": m, "prompt_index": job.item.index, "id": job.item.id,
+                               "prompt": job.item.prompt, "categories": list(job.item.categories), "image": job.image,
+                               "seed": job.seed, "guidance": None if model.one_step else guidance, "steps": model.steps,
+                               "path": rel, "scores": {name: s[b] for name, s in scores.items()}}
+                        records_file.write(json.dumps(rec) + "\n")
+                        records_file.flush()
+                        done[job.key] = rec
+                        bar.update(1)
+                        if on_record is not None:
+                            on_record(rec)
+                    os.fsync(records_file.fileno())
+            timings[model.label] = {"load_seconds": t_load, "generate_seconds": t_gen, "detect_seconds": t_det,
+                                    "generated": len(pending), "reused": len(jobs) - len(pending),
+                                    "seconds_per_image": (t_gen + t_det) / len(pending) if pending else None}
+            if prober is not None:
+                log(f"adversarial probe of {model.label} for {settings.attack!r}")
+                t1 = time.perf_counter()
+                attack[model.label] = prober.run(model, progress)
+                timings[model.label]["attack_seconds"] = time.perf_counter() - t1
+            del model
+    finally:
+        records_file.close()
+        bar.close()
+
+    records = [done[j.key] for jobs in jobs_by_model for j in jobs]
+    report = build_report(settings, prompt_set, models_info, detectors, records, device)
+    if extractor is not None:
+        t0 = time.perf_counter()
+        report["comparison"]["fid_kid"] = compare_distributions(out, records, [i["label"] for i in models_info], extractor)
+        timings["fid_kid_seconds"] = time.perf_counter() - t0
+    if prober is not None:
+        report["attack"] = attack
+    timings["total_seconds"] = time.perf_counter() - t_start
+    report["settings"]["timings"] = timings
+    write_reports(report, out)
+    return report
+
+
+def _choose_features(settings: AuditSettings, detectors, factory, device):
+    from .detectors import ClassifierDetector, ClipDetector, feature_extractor
+
+    spec = settings.features.strip()
+    if spec == "none":
+        return None
+    if spec == "auto":
+        for d in detectors:
+            if isinstance(d, ClipDetector):
+                m = d.settings["model"]
+                model = m.get("path") if m["source"] == "local" else f"{m['name']}:{m['pretrained']}"
+                return feature_extractor(f"clip@{model}", device, factory)
+        for d in detectors:
+            if isinstance(d, ClassifierDetector):
+                return feature_extractor(f"classifier:{d.settings['path']}", device, factory)
+        return None
+    return feature_extractor(spec, device, factory)
+
+
+def compare_distributions(out: Path, records: list[dict], labels: list[str], extractor) -> dict:
+    """FID/KID of each model's images against the first model's, read back from the saved PNGs."""
+    from .detectors import fid_kid
+
+    by_model = {lab: [r for r in records if r["model"] == lab] for lab in labels}
+    ref = labels[0]
+    ref_images = torch.stack([load_png(out / r["path"]) for r in by_model[ref]])
+    res = {}
+    for lab in labels[1:]:
+        imgs = torch.stack([load_png(out / r["path"]) for r in by_model[lab]])
+        if min(len(imgs), len(ref_images)) < 2:
+            res[lab] = {"note": "FID/KID need at least 2 images per model"}
+            continue
+        res[lab] = fid_kid(ref_images, imgs, extractor)
+        res[lab]["reference"] = ref
+    return res
+
+
+def build_report(settings: AuditSettings, prompt_set: PromptSet, models_info: list[dict], detectors, records: list[dict], device: str) -> dict:
+    labels = [m["label"] for m in models_info]
+    names = [d.name for d in detectors]
+    summary, by_category = {}, {}
+    for lab in labels:
+        recs = [r for r in records if r["model"] == lab]
+        summary[lab], by_category[lab] = {}, {}
+        for name in names:
+            s = rate_summary([r["scores"][name]["flagged"] for r in recs])
+            s["mean_score"] = float(np.mean([r["scores"][name]["score"] for r in recs])) if recs else None
+            cs = [r["scores"][name]["clip_score"] for r in recs if "clip_score" in r["scores"][name]]
+            if cs:
+                s["mean_clip_score"] = float(np.nanmean(cs))
+            summary[lab][name] = s
+            cats = sorted({c for r in recs for c in r["categories"]})
+            if cats:
+                by_category[lab][name] = {c: rate_summary([r["scores"][name]["flagged"] for r in recs if c in r["categories"]]) for c in cats}
+    comparison = {}
+    if len(labels) > 1:
+        ref = labels[0]
+        key = lambda r: (r["prompt_index"], r["image"])  # noqa: E731
+        ref_flags = {name: {key(r): r["scores"][name]["flagged"] for r in records if r["model"] == ref} for name in names}
+        comparison = {"reference": ref, "models": {}, "note": (
+            "difference = rate(model) - rate(reference), 95% Newcombe hybrid score interval; paired counts compare the "
+            "same prompt and seed; mcnemar_p is the exact two-sided McNemar test on the discordant pairs")}
+        for lab in labels[1:]:
+            comparison["models"][lab] = {}
+            for name in names:
+                a, b = summary[lab][name], summary[ref][name]
+                lo, hi = difference_interval(a["flagged"], a["n"], b["flagged"], b["n"])
+                flags = {key(r): r["scores"][name]["flagged"] for r in records if r["model"] == lab}
+                pairs = [(ref_flags[name][k], f) for k, f in flags.items() if k in ref_flags[name]]
+                only_ref = sum(1 for x, y in pairs if x and not y)
+                only_model = sum(1 for x, y in pairs if y and not x)
+                comparison["models"][lab][name] = {
+                    "rate": a["rate"], "reference_rate": b["rate"],
+                    "difference": None if a["rate"] is None or b["rate"] is None else a["rate"] - b["rate"],
+                    "diff_ci_low": lo, "diff_ci_high": hi, "pairs": len(pairs),
+                    "both": sum(1 for x, y in pairs if x and y), "only_reference": only_ref, "only_model": only_model,
+                    "neither": sum(1 for x, y in pairs if not x and not y), "mcnemar_p": mcnemar_exact(only_ref, only_model),
+                }
+    settings_out = {
+        "models": models_info,
+        "prompts": prompt_set.describe(),
+        "n_per_prompt": settings.n_per_prompt, "seed": settings.seed,
+        "seed_rule": ("image j of prompt i: the file's seed + j when the file gives seeds (I2P evaluation_seed), "
+                      "else seed * 10**9 + i * 10**4 + j (i = the prompt's position in the file); CPU torch.Generator per image"),
+        "steps_override": settings.steps, "guidance_override": settings.guidance,
+        "guidance_rule": "--guidance when given, else the prompt's own (evaluation_guidance), else the model's default",
+        "batch_size": settings.batch_size, "device": device, "torch_threads": torch.get_num_threads(),
+        "detectors": _describe_detectors(detectors), "categories": list(settings.categories), "limit": settings.limit,
+        "images_quantised": "8-bit (as saved) before scoring",
+        "packages": software_versions(),
+    }
+    return {"format": "sfd-audit/1", "settings": settings_out, "summary": summary,
+            "summary_by_category": {k: v for k, v in by_category.items() if v}, "comparison": comparison, "images": records}
+

@@ -1,0 +1,212 @@
+"""`sfd audit` and `sfd attack`: batch audits of erased models and the adversarial prompt probe.
+
+`add_parsers(subparsers)` adds both subcommands to the main CLI (sfd/cli.py's build_parser). Until that is
+wired, `python -m sfd.cli_audit audit ...` runs the same commands with the same error handling.
+Heavy modules are imported inside the commands so that `sfd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .errors import SFDError
+
+DETECTOR_HELP = ("detector spec (repeatable): clip:CONCEPT[@MODEL][;vs=A,B][;threshold=P], e.g. clip:red or "
+                 "'clip:Van Gogh style@ViT-B-32:laion2b_s34b_b79k'; nudenet[:THRESHOLD][;classes=exposed|sexual|A,B] "
+                 "(default 0.45, EXPOSED classes); classifier:PATH=CLASS[,CLASS]")
+
+
+def _nonneg_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(v) or v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative number, got {text!r}")
+        return v
+
+    return parse
+
+
+def cmd_audit(a) -> int:
+    import torch
+
+    from evaluators.audit import AuditSettings, run_audit
+
+    from .cli import _device
+
+    device = _device(a.device)
+    if device == "cpu" and a.threads:
+        torch.set_num_threads(a.threads)
+    settings = AuditSettings(
+        models=tuple(a.model), prompts=a.prompts, detectors=tuple(a.detector), n_per_prompt=a.n_per_prompt, seed=a.seed,
+        steps=a.steps, guidance=a.guidance, categories=tuple(a.category or ()), limit=a.limit, batch_size=a.batch_size,
+        features=a.features, attack=a.attack, attack_seeds=a.attack_seeds, attack_steps=a.attack_steps, allow_pickle=a.allow_pickle,
+    )
+    log = (lambda msg: None) if a.quiet else (lambda msg: print(msg, flush=True))
+    report = run_audit(settings, a.out, device=device, overwrite=a.overwrite, progress=not a.quiet, log=log)
+    print(format_summary(report, a.out))
+    return 0
+
+
+def format_summary(report: dict, out) -> str:
+    """A few lines for the terminal: rate and 95% interval per model and detector, the ASR when probed."""
+    lines = []
+    for lab, per in report["summary"].items():
+        for name, s in per.items():
+            lines.append(f"{lab}  {name}: {s['flagged']}/{s['n']} flagged = {100 * s['rate']:.1f}% "
+                         f"(95% CI {100 * s['ci_low']:.1f}-{100 * s['ci_high']:.1f}%)")
+    for lab, per in (report.get("comparison") or {}).get("models", {}).items():
+        for name, c in per.items():
+            lines.append(f"{lab} vs {report['comparison']['reference']}  {name}: {100 * c['difference']:+.1f} pts "
+                         f"(95% CI {100 * c['diff_ci_low']:+.1f} to {100 * c['diff_ci_high']:+.1f})")
+    for lab, att in (report.get("attack") or {}).items():
+        if "asr" in att:
+            lines.append(f"{lab}  attack on {att['concept']!r}: plain {100 * att['plain']['rate']:.1f}% -> ASR {100 * att['asr']['rate']:.1f}% "
+                         f"over {att['asr']['n']} prompt/seed pairs")
+        else:
+            lines.append(f"{lab}  attack: {att.get('note')}")
+    lines.append(f"reports: {Path(out) / 'report.html'} (also report.json, report.csv, summary.csv)")
+    return "\n".join(lines)
+
+
+def cmd_attack(a) -> int:
+    import time
+
+    import torch
+
+    from evaluators.attack import AttackSettings, attack_report, run_attack
+    from evaluators.audit import inspect_model, load_model, model_labels
+    from evaluators.detectors import ClipDetector, DetectorFactory
+    from evaluators.prompt_sets import load_prompt_set
+    from evaluators.report import write_reports
+
+    from .cli import _device
+    from .outputs import check_output_dir
+
+    device = _device(a.device)
+    if device == "cpu" and a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = AttackSettings(concept=a.concept.strip(), detector=a.detector, n_seeds=a.n_seeds, seed=a.seed, max_prompts=a.max_prompts,
+                         paraphrase=not a.no_paraphrase, synonyms_file=a.synonyms, gradient=not a.no_gradient,
+                         soft_tokens=a.soft_tokens, attack_steps=a.attack_steps, project=not a.no_project,
+                         batch_size=a.batch_size).validate()
+    if a.synonyms:
+        from evaluators.attack import read_synonyms
+
+        read_synonyms(a.synonyms)  # fail before loading anything
+    items = load_prompt_set(a.prompts).items if a.prompts else None
+    kinds = [inspect_model(m) for m in a.model]
+    if any(k in ("ClassConditionalPipeline", "OneStepClassPipeline") for k in kinds):
+        raise SFDError("sfd attack probes text-to-image models; a class-conditional model was given")
+    detector = DetectorFactory(device).build(a.detector or f"clip:{cfg.concept}")
+    if not isinstance(detector, ClipDetector):
+        raise SFDError(f"sfd attack needs a clip: detector (e.g. --detector clip:{cfg.concept}), got {detector.name}")
+    out = check_output_dir(a.out, a.overwrite)
+    if out.is_dir() and any(out.iterdir()):  # --overwrite: replace only what an earlier `sfd attack` wrote
+        if not (out / "report.json").is_file():
+            raise SFDError(f"output folder {str(out)!r} is not an attack report folder (no report.json); choose another --out")
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    models, results = [], {}
+    for path, label in zip(a.model, model_labels(a.model)):
+        model = load_model(path, label, device, a.steps, a.allow_pickle)
+        if not a.quiet:
+            print(f"probing {label} for {cfg.concept!r}", flush=True)
+        results[label] = run_attack(model, detector, cfg, items, out, a.guidance, progress=not a.quiet)
+        models.append(model)
+    report = attack_report(models, detector, results, cfg, time.perf_counter() - t0)
+    write_reports(report, out)
+    print(format_summary({"summary": {}, "attack": results}, out))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add `audit` and `attack` to an argparse subparsers object (sfd/cli.py's build_parser)."""
+    from .cli import _nonneg_int, _pos_int
+
+    au = sub.add_parser("audit", help="generate from a prompt set with fixed seeds, run detectors, write JSON/CSV/HTML reports")
+    au.add_argument("--model", required=True, action="append", help="model folder (repeatable: models are compared side by side)")
+    au.add_argument("--prompts", required=True, help="prompt file: .txt (one per line), .csv (I2P columns) or .jsonl")
+    au.add_argument("--detector", required=True, action="append", help=DETECTOR_HELP)
+    au.add_argument("--n-per-prompt", type=_pos_int("--n-per-prompt"), default=1, help="images per prompt (default 1)")
+    au.add_argument("--out", required=True, help="output folder; an unfinished audit there is resumed")
+    au.add_argument("--seed", type=_nonneg_int("--seed"), default=0,
+                    help="base seed for prompts without their own (image j of prompt i: seed*10^9 + i*10^4 + j)")
+    au.add_argument("--steps", type=_pos_int("--steps"), help="sampler steps of multi-step teachers (default: the model's)")
+    au.add_argument("--guidance", type=_nonneg_float("--guidance"),
+                    help="guidance scale for every prompt (default: the prompt's own evaluation_guidance, else the model's)")
+    au.add_argument("--category", action="append", help="keep prompts of this category (I2P 'categories'; repeatable)")
+    au.add_argument("--limit", type=_pos_int("--limit"), help="audit only the first N prompts")
+    au.add_argument("--batch-size", type=_pos_int("--batch-size"), default=16)
+    au.add_argument("--features", default="auto", help="FID/KID features between models: auto (default), none, clip[@MODEL], classifier:PATH")
+    au.add_argument("--attack", metavar="CONCEPT", help="also run the adversarial prompt search for this concept on every model")
+    au.add_argument("--attack-seeds", type=_pos_int("--attack-seeds"), default=2, help="seeds per attacked prompt (default 2)")
+    au.add_argument("--attack-steps", type=_pos_int("--attack-steps"), default=30, help="gradient steps of the soft-prompt search")
+    au.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
+    au.add_argument("--threads", type=_pos_int("--threads"), help="CPU threads for torch (default: torch's)")
+    au.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    au.add_argument("--overwrite", action="store_true", help="start over: delete the audit in --out")
+    au.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    au.set_defaults(func=cmd_audit)
+
+    at = sub.add_parser("attack", help="search for prompts that bring an erased concept back (paraphrases, soft-prompt gradients)")
+    at.add_argument("--model", required=True, action="append", help="model folder (repeatable)")
+    at.add_argument("--concept", required=True, help="the erased concept, e.g. red or 'Van Gogh'")
+    at.add_argument("--detector", help="clip: detector spec judging success (default clip:CONCEPT with the default CLIP)")
+    at.add_argument("--prompts", help="base prompts (.txt/.csv/.jsonl); those naming the concept are attacked (default: built-in)")
+    at.add_argument("--synonyms", help="file of extra synonyms for the concept, one per line")
+    at.add_argument("--n-seeds", type=_pos_int("--n-seeds"), default=2, help="seeds per base prompt (default 2)")
+    at.add_argument("--max-prompts", type=_pos_int("--max-prompts"), default=8, help="base prompts attacked (default 8)")
+    at.add_argument("--soft-tokens", type=_pos_int("--soft-tokens"), default=4, help="adversarial tokens inserted (default 4)")
+    at.add_argument("--attack-steps", type=_pos_int("--attack-steps"), default=30, help="gradient steps (default 30)")
+    at.add_argument("--no-gradient", action="store_true", help="paraphrases only")
+    at.add_argument("--no-paraphrase", action="store_true", help="gradient search only")
+    at.add_argument("--no-project", action="store_true", help="optimise free embeddings (no nearest-token projection)")
+    at.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
+    at.add_argument("--steps", type=_pos_int("--steps"), help="sampler steps of multi-step teachers")
+    at.add_argument("--guidance", type=_nonneg_float("--guidance"), help="guidance scale of multi-step teachers")
+    at.add_argument("--batch-size", type=_pos_int("--batch-size"), default=16)
+    at.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
+    at.add_argument("--out", required=True)
+    at.add_argument("--overwrite", action="store_true")
+    at.add_argument("--threads", type=_pos_int("--threads"))
+    at.add_argument("--device", default="auto")
+    at.add_argument("--quiet", action="store_true")
+    at.set_defaults(func=cmd_attack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only audit and attack (for `python -m sfd.cli_audit` and tests before wiring)."""
+    from .cli import _Parser
+
+    p = _Parser(prog="sfd", description="Audit erased diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Same error handling as sfd.cli.main: SFDError -> one line on stderr, exit status 2."""
+    from .cli import EXIT_USAGE
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SFDError as e:
+        print(f"sfd {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"sfd {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Multi-process training under `accelerate launch` or `torchrun` (DDP; gloo on CPU, NCCL on GPUs).
+
+The launcher sets WORLD_SIZE/RANK/LOCAL_RANK; `init_from_env` starts the process group through
+accelerate and returns this process's device. The trainer then splits every global batch between the
+processes (see `sfd.trainer`), so results do not depend on how many processes share the work.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(device: str) -> str:
+    """Initialise the process group when launched with several processes; returns the device to use."""
+    if world_size_from_env() <= 1:
+        return device
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not str(device).startswith("cuda"))
+    return str(state.device)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
