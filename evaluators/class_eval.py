@@ -54,6 +54,16 @@ def evaluate_classes(
 ) -> dict:
     num_classes = len(judge.config.class_names)
     images, labels, seconds = sample_classes(pipe, range(num_classes), n_per_class, seed, progress=progress, **call_kwargs)
+    result = score_samples(judge, images, labels, real_images, real_labels, forget)
+    result.update(n_per_class=n_per_class, seed=seed, sampling_seconds=seconds)
+    return result
+
+
+@torch.no_grad()
+def score_samples(judge: ConvJudge, images, labels, real_images, real_labels, forget: tuple[int, ...] = ()) -> dict:
+    """Per-class accuracy, retained mean/min and retained FD of generated (images, labels); a sample set can
+    be scored for several forget sets without sampling again."""
+    num_classes = len(judge.config.class_names)
     preds, feats = judge_images(judge, images)
     _, real_feats = judge_images(judge, real_images)
     acc = [(preds[labels == k] == k).float().mean().item() for k in range(num_classes)]
@@ -65,9 +75,6 @@ def evaluate_classes(
         "retained_mean_accuracy": sum(acc[k] for k in retained) / len(retained),
         "retained_min_accuracy": min(acc[k] for k in retained),
         "fd_retained": frechet_distance(feats[keep].numpy(), real_feats[keep_real].numpy()),
-        "n_per_class": n_per_class,
-        "seed": seed,
-        "sampling_seconds": seconds,
     }
     if forget:
         result["forget_accuracy"] = sum(acc[k] for k in forget) / len(forget)

@@ -7,6 +7,7 @@ and no safetensors is refused with a clear message unless the caller allows pick
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SFDError
@@ -66,6 +67,19 @@ def _quiet_loading() -> None:
     logging.disable_progress_bar()
 
 
+@contextmanager
+def quiet_diffusers():
+    """Silence diffusers' warnings for a block (e.g. its note on every fp16 cast made to save weights)."""
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def load_class_pipeline(path: str | Path, device: str = "cpu"):
     """Load a class-conditional teacher or one-step generator folder."""
     from pipelines import ClassConditionalPipeline, OneStepClassPipeline
@@ -81,7 +95,10 @@ def load_class_pipeline(path: str | Path, device: str = "cpu"):
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise SFDError(f"could not load {path}: {first}") from None
-    return pipe.to(device)
+    import torch
+
+    with quiet_diffusers():  # weights may be stored in fp16; sampling and training run in fp32
+        return pipe.to(device, torch.float32)
 
 
 def world_meta(path: str | Path) -> dict:
