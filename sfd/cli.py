@@ -168,6 +168,8 @@ def cmd_eval(a) -> int:
     from .erase import default_judge, evaluate_digits_model
     from .models import load_class_pipeline, world_meta
 
+    if a.json and (Path(a.json).is_dir() or not Path(a.json).resolve().parent.is_dir()):  # fail before sampling
+        raise SFDError(f"--json {a.json!r}: expected a file path in an existing folder")
     pipe = load_class_pipeline(a.model, _device(a.device))
     meta = world_meta(a.model)
     judge = Path(a.judge) if a.judge else default_judge(meta)
@@ -205,8 +207,10 @@ def format_class_table(results: dict[str, dict], class_names, forget=()) -> str:
 def cmd_train_teacher(a) -> int:
     from .outputs import check_output_dir, staged_dir
 
-    if a.world != "digits":
-        raise SFDError(f"unknown world {a.world!r}; available: digits")
+    if a.world not in ("digits", "shapes"):
+        raise SFDError(f"unknown world {a.world!r}; available: digits, shapes")
+    if a.world == "shapes":
+        return _train_shapes_world(a)
     from .worlds import digits
 
     out = check_output_dir(a.out, a.overwrite)
@@ -219,6 +223,30 @@ def cmd_train_teacher(a) -> int:
         digits.save_teacher(unet, tmp / "teacher", tstats)
     print(f"digits world -> {out}: judge held-out accuracy {jstats['heldout_accuracy']:.1%}; "
           f"teacher {tstats['steps']} steps in {tstats['train_seconds']:.0f} s")
+    return 0
+
+
+def _train_shapes_world(a) -> int:
+    """Shapes world: tiny CLIP, VAE, then UNet + text encoder; a stopped run continues with --resume."""
+    from dataclasses import replace
+
+    from .outputs import check_output_dir
+    from .worlds import shapes
+
+    out = Path(a.out)
+    if not a.resume:
+        check_output_dir(a.out, a.overwrite)
+        if out.is_dir():  # --overwrite: start from scratch, reusing no stage of the old world
+            import shutil
+
+            shutil.rmtree(out)
+    elif (out / "teacher").exists():
+        raise SFDError(f"{out} already holds a finished world (teacher/); nothing to resume")
+    tcfg = shapes.TeacherTrainConfig() if a.steps is None else replace(shapes.TeacherTrainConfig(), steps=a.steps)
+    stats = shapes.train_world(out, seed=a.seed, progress=not a.quiet, teacher_cfg=tcfg)
+    ev = stats["evaluation"]
+    print(f"shapes world -> {out}: teacher {tcfg.steps} steps; per-prompt colour rate min {ev['colour_min']:.0%}, "
+          f"shape rate min {ev['shape_min']:.0%} (judged by the world's CLIP)")
     return 0
 
 
@@ -303,11 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train-teacher", help="train a world's teacher and judge from scratch")
-    t.add_argument("world", help="digits")
+    t.add_argument("world", help="digits or shapes")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=_pos_int("--steps"), help="teacher training steps (default: the world's)")
     t.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--resume", action="store_true", help="shapes: continue a stopped run in --out from its last finished stage")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train_teacher)
 
@@ -321,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_audit import add_parsers as add_audit_parsers
 
     add_audit_parsers(sub)
+    from .cli_demo import add_parsers as add_demo_parsers
+
+    add_demo_parsers(sub)
     return p
 
 

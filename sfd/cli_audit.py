@@ -1,7 +1,6 @@
 """`sfd audit` and `sfd attack`: batch audits of erased models and the adversarial prompt probe.
 
-`add_parsers(subparsers)` adds both subcommands to the main CLI (sfd/cli.py's build_parser). Until that is
-wired, `python -m sfd.cli_audit audit ...` runs the same commands with the same error handling.
+`add_parsers(subparsers)` adds both subcommands to the main CLI (sfd/cli.py's build_parser).
 Heavy modules are imported inside the commands so that `sfd --help` stays fast.
 """
 
@@ -183,29 +182,11 @@ def add_parsers(sub) -> None:
     at.set_defaults(func=cmd_attack)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only audit and attack (for `python -m sfd.cli_audit` and tests before wiring)."""
-    from .cli import _Parser
-
-    p = _Parser(prog="sfd", description="Audit erased diffusion models.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_parsers(sub)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Same error handling as sfd.cli.main: SFDError -> one line on stderr, exit status 2."""
-    from .cli import EXIT_USAGE
+    """`python -m sfd.cli_audit`: the main `sfd` command line (where audit and attack are wired)."""
+    from .cli import main as cli_main
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except SFDError as e:
-        print(f"sfd {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"sfd {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

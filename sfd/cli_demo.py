@@ -1,8 +1,7 @@
 """`sfd demo`: a Gradio page with the original and an erased model side by side (app/demo.py).
 
-`add_parsers(subparsers)` adds the subcommand to the main CLI (sfd/cli.py's build_parser). Until that is wired,
-`python -m sfd.cli_demo demo ...` runs the same command with the same error handling. gradio is imported only
-when the command runs (it is the optional `demo` extra), never by `import sfd`.
+`add_parsers(subparsers)` adds the subcommand to the main CLI (sfd/cli.py's build_parser). gradio is imported
+only when the command runs (it is the optional `demo` extra), never by `import sfd`.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ def _check_paths(paths, what: str) -> None:
 def cmd_demo(a) -> int:
     from app.catalog import describe_model
 
+    if a.port > 65535:  # argparse checks >= 0; a larger port fails deep inside the server start
+        raise SFDError(f"--port must be from 0 to 65535, got {a.port}")
     _check_paths(a.model or (), "--model")
     _check_paths([a.base, a.compare, a.clip, a.judge], "path")
     for p in [*(a.model or ()), a.base, a.compare]:
@@ -83,28 +84,11 @@ def add_parsers(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
 
-def build_parser():
-    """A parser with only `demo` (for `python -m sfd.cli_demo` and tests before wiring)."""
-    from .cli import _Parser
-
-    p = _Parser(prog="sfd", description="Compare original and erased diffusion models in the browser.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_parsers(sub)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Same error handling as sfd.cli.main: SFDError -> one line on stderr, exit status 2."""
-    from .cli import EXIT_USAGE
+    """`python -m sfd.cli_demo`: the main `sfd` command line (where demo are wired)."""
+    from .cli import main as cli_main
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except SFDError as e:
-        print(f"sfd {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,104 @@ def test_empty_forget_text_is_refused(tiny_sd_dir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--forget", " ", "--override", "blue",
                            "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "--forget is empty")
+
+
+# --------------------------------------------------------------- more bad inputs (docs/BAD_INPUTS.md lists them all)
+
+@pytest.mark.parametrize("case", ["missing-model", "not-a-pipeline", "out-is-a-file"])
+def test_sample_path_errors(tiny_teacher_dir, tmp_path, capsys, case):
+    (tmp_path / "notpipe").mkdir()
+    (tmp_path / "file.png").write_bytes(b"keep")
+    model = {"missing-model": tmp_path / "nope", "not-a-pipeline": tmp_path / "notpipe"}.get(case, tiny_teacher_dir)
+    out = tmp_path / "file.png" if case == "out-is-a-file" else tmp_path / "o"
+    needle = {"missing-model": "does not exist", "not-a-pipeline": "model_index.json", "out-is-a-file": "is a file"}[case]
+    code, _, err = run_cli(capsys, "sample", "--model", str(model), "--class", "1", "--out", str(out), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "sfd sample: error:", needle)
+    assert (tmp_path / "file.png").read_bytes() == b"keep" and not (tmp_path / "o").exists()
+
+
+def test_sample_unknown_class_is_refused(tiny_teacher_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "sample", "--model", str(tiny_teacher_dir), "--class", "seven", "--out", str(tmp_path / "o"),
+                           "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "unknown class", "seven")
+    assert not (tmp_path / "o").exists()
+
+
+def test_sample_option_of_the_other_model_kind(tiny_teacher_dir, tiny_sd_dir, tmp_path, capsys):
+    # --prompt given to a class-conditional model, --class given to a text-to-image model
+    code, _, err = run_cli(capsys, "sample", "--model", str(tiny_teacher_dir), "--prompt", "a red circle",
+                           "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line_error(code, err, "--class", "class-conditional")
+    code, _, err = run_cli(capsys, "sample", "--model", str(tiny_sd_dir), "--class", "1", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line_error(code, err, "--prompt", "text-to-image")
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_of_a_text_model_is_refused(tiny_sd_dir, capsys):
+    code, _, err = run_cli(capsys, "eval", "--model", str(tiny_sd_dir), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "sfd eval: error:", "expected a class-conditional model")
+
+
+def test_eval_json_in_a_missing_folder_is_refused_before_sampling(tiny_teacher_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", "--model", str(tiny_teacher_dir), "--json", str(tmp_path / "no" / "m.json"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "--json", "existing folder")
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_audit_never_writes_into_a_folder_it_did_not_make(tiny_teacher_dir, tmp_path, capsys, overwrite):
+    import torch
+
+    from evaluators.classifier import ConvJudge, JudgeConfig
+
+    torch.manual_seed(0)
+    ConvJudge(JudgeConfig(num_classes=4, class_names=("zero", "one", "two", "three"))).save_pretrained(tmp_path / "judge")
+    (tmp_path / "classes.txt").write_text("one\n")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("do not overwrite")
+    code, _, err = run_cli(capsys, "audit", "--model", str(tiny_teacher_dir), "--prompts", str(tmp_path / "classes.txt"),
+                           "--detector", f"classifier:{tmp_path / 'judge'}=one", "--out", str(out), "--device", "cpu", "--quiet",
+                           *(["--overwrite"] if overwrite else []))
+    assert code == 2
+    assert_one_line_error(code, err, "sfd audit: error:", "not an audit folder")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "do not overwrite"
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--port", "-1"], ["--port must be >= 0"]),
+    (["--port", "70000"], ["--port must be from 0 to 65535"]),
+    (["--clip", "{missing}"], ["does not exist"]),
+    (["--device", "tpu"], ["--device must be cpu, cuda, cuda:N or auto"]),
+], ids=["port-negative", "port-too-large", "clip-missing", "device-unknown"])
+def test_demo_argument_errors(tmp_path, capsys, args, needles):
+    from sfd import cli_demo  # the same handler `sfd demo` runs (nothing is served: each check fails first)
+
+    argv = [str(tmp_path / "nope") if a == "{missing}" else a for a in args]
+    try:
+        code = cli_demo.main(["demo", *argv])
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_one_line_error(code, err, "sfd demo: error:", *needles)
+
+
+@pytest.mark.parametrize("case", ["unknown-world", "existing-out"])
+def test_train_teacher_argument_errors(tmp_path, capsys, case):
+    out = tmp_path / "world"
+    out.mkdir()
+    (out / "keep.txt").write_text("do not overwrite")
+    if case == "unknown-world":
+        world, needles = "cats", ["unknown world", "cats"]
+    else:
+        world, needles = "digits", ["already exists", "--overwrite"]
+    code, _, err = run_cli(capsys, "train-teacher", world, "--out", str(out), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "sfd train-teacher: error:", *needles)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -170,9 +170,11 @@ def test_resume_with_other_settings_is_refused(module_teacher, tmp_path, capsys)
 
 def test_two_processes_match_one_process_with_the_same_global_batch(module_teacher, reference, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes on the CPU with gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            "-m", "sfd", *erase_cmd(module_teacher, out)[3:]]
-    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, env={**env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     two = weights(out)
     diffs = [float((two[k].float() - reference[k].float()).abs().max()) for k in reference]
