@@ -3,6 +3,7 @@
   python benchmarks/shapes_bench.py                         # erase red (override blue) and circle (override square)
   python benchmarks/shapes_bench.py --concepts all          # every colour and every shape, one run each
   python benchmarks/shapes_bench.py --concepts green:yellow # forget:override pairs
+  python benchmarks/shapes_bench.py --keep runs/bench        # keep the erased models (runs/bench/no-red, ...)
 Prints, per run: erase wall time, forget rate (teacher -> erased), retained colour/shape detection and CLIP score as
 ratios to the teacher, and the one-step vs teacher sampling throughput at equal batch. JSON to --json.
 """
@@ -48,16 +49,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: the shapes preset's)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--json", default="benchmarks/results/shapes.json")
+    ap.add_argument("--keep", metavar="DIR", help="write the erased models into DIR/no-CONCEPT (default: a temporary folder)")
     a = ap.parse_args()
     teacher_dir = checkpoints_dir() / "shapes" / "teacher"
     items = list(shapes.COLOURS + shapes.SHAPES) if a.concepts == "all" else a.concepts.split(",")
     pairs = [tuple(i.split(":", 1)) if ":" in i else (i, default_override(i)) for i in items]
-    work = Path(tempfile.mkdtemp(prefix="sfd-shapes-bench-"))
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-shapes-bench-"))
     config = PRESETS["shapes"].replace(steps=a.steps)
     rows = []
     for forget, override in pairs:
         out = work / f"no-{forget}"
-        s = erase_text(str(teacher_dir), [forget], override, str(out), config, progress=True)
+        s = erase_text(str(teacher_dir), [forget], override, str(out), config, progress=True, overwrite=True)
         m = s["metrics"]
         rows.append({"forget": forget, "override": override, "erase_seconds": s["erase_seconds"], "metrics": m})
         print(f"{forget} -> {override}: erase {s['erase_seconds']:.0f} s | forget rate {m['teacher']['forget_rate']:.1%} -> "
