@@ -189,16 +189,16 @@ def format_class_table(results: dict[str, dict], class_names, forget=()) -> str:
     """Per-class accuracy of one or more models as a text table; forgotten classes are marked with '*'."""
     cols = list(results)
     w = max(12, *(len(c) + 2 for c in cols))
-    lines = ["class".ljust(10) + "".join(c.rjust(w) for c in cols)]
+    lines = ["class".ljust(14) + "".join(c.rjust(w) for c in cols)]
     for k, name in enumerate(class_names):
         mark = "*" if k in forget else " "
-        lines.append(f"{mark}{name}".ljust(10) + "".join(f"{results[c]['per_class_accuracy'][name]:>{w}.1%}" for c in cols))
+        lines.append(f"{mark}{name}".ljust(14) + "".join(f"{results[c]['per_class_accuracy'][name]:>{w}.1%}" for c in cols))
     rows = [("retained mean", "retained_mean_accuracy", "{:.1%}"), ("retained min", "retained_min_accuracy", "{:.1%}"),
             ("FD retained", "fd_retained", "{:.3f}"), ("sampling s", "sampling_seconds", "{:.1f}")]
     if forget:
         rows.insert(0, ("forget acc", "forget_accuracy", "{:.1%}"))
     for label, key, fmt in rows:
-        lines.append(label.ljust(10) + "".join(fmt.format(results[c].get(key, float("nan"))).rjust(w) for c in cols))
+        lines.append(label.ljust(14) + "".join(fmt.format(results[c].get(key, float("nan"))).rjust(w) for c in cols))
     if forget:
         lines.append("* = erased class; accuracy = share of samples for a class that the judge assigns to it")
     return "\n".join(lines)
