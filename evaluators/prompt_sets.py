@@ -192,15 +192,20 @@ def _read_csv(path: Path, text: str) -> list[PromptItem]:
                            "(quote prompts that contain commas)")
         rec = dict(zip(columns, row))
         where = _where(path, line_no)
-        seed_col, seed = _first(rec, SEED_COLUMNS)
-        g_col, guidance = _first(rec, GUIDANCE_COLUMNS)
         _, ident = _first(rec, ID_COLUMNS)
-        items.append(PromptItem(
-            index=len(items), prompt=_check_prompt(rec["prompt"], where), seed=_parse_seed(seed, where, seed_col),
-            guidance=_parse_guidance(guidance, where, g_col), categories=_parse_categories(rec.get("categories"), where),
-            id=ident.strip() if isinstance(ident, str) and ident.strip() else None, line=line_no,
-        ))
+        items.append(_item(rec, len(items), where, line_no, ident.strip() if isinstance(ident, str) and ident.strip() else None))
     return items
+
+
+def _item(rec: dict, index: int, where: str, line_no: int, ident: str | None) -> PromptItem:
+    """One prompt record (a CSV row or a JSON object) as a checked PromptItem."""
+    seed_col, seed = _first(rec, SEED_COLUMNS)
+    g_col, guidance = _first(rec, GUIDANCE_COLUMNS)
+    return PromptItem(
+        index=index, prompt=_check_prompt(rec["prompt"], where), seed=_parse_seed(seed, where, seed_col),
+        guidance=_parse_guidance(guidance, where, g_col), categories=_parse_categories(rec.get("categories"), where),
+        id=ident, line=line_no,
+    )
 
 
 def _read_jsonl(path: Path, text: str) -> list[PromptItem]:
@@ -215,14 +220,8 @@ def _read_jsonl(path: Path, text: str) -> list[PromptItem]:
             raise SFDError(f"{where}: malformed row: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict) or "prompt" not in rec:
             raise SFDError(f"{where}: malformed row: expected a JSON object with a 'prompt' field")
-        seed_col, seed = _first(rec, SEED_COLUMNS)
-        g_col, guidance = _first(rec, GUIDANCE_COLUMNS)
         _, ident = _first(rec, ID_COLUMNS)
-        items.append(PromptItem(
-            index=len(items), prompt=_check_prompt(rec["prompt"], where), seed=_parse_seed(seed, where, seed_col),
-            guidance=_parse_guidance(guidance, where, g_col), categories=_parse_categories(rec.get("categories"), where),
-            id=None if ident is None else str(ident), line=line_no,
-        ))
+        items.append(_item(rec, len(items), where, line_no, None if ident is None else str(ident)))
     return items
 
 
