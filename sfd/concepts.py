@@ -47,7 +47,7 @@ class ClassForgetSpec:
 
     class_names: tuple[str, ...]
     forget: tuple[int, ...]
-    override: int | None  # None: a uniformly random retained class per sample (SFD's "random" override)
+    override: int | None  # None ("random"): per sample, the nearest retained class (SFDTrainer._override_nearest)
     null_class: int | None = None  # the UNet's "no class" label, for classifier-free guidance
 
     @classmethod

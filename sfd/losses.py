@@ -83,3 +83,20 @@ def generator_loss(
     omega = (f_phi - x_g).abs().mean(dims, keepdim=True).clamp(min=1e-5).detach()
     diff = f_phi - f_psi
     return (diff * ((f_phi - x_g) - alpha * diff) / omega).sum(dims)
+
+
+@torch.no_grad()
+def nearest_class(teacher: Denoiser, x_g: torch.Tensor, sigma: float, noise: torch.Tensor, candidates) -> torch.Tensor:
+    """Per sample, the candidate class whose teacher denoise of x_g + sigma * noise lands closest to x_g.
+
+    This is how the class-conditional "random" override picks each forget sample's target: the
+    retained class that already explains the sample best. (A fresh uniform draw per step averages
+    the class scores, and the generator then learns a blend of all digits, which reads as an 8.)
+    """
+    x_t = x_g + sigma * noise
+    n, k = len(x_g), len(candidates)
+    labels = torch.as_tensor(candidates, device=x_g.device).repeat_interleave(n)
+    d = teacher(x_t.repeat(k, *([1] * (x_g.ndim - 1))), torch.full((n * k,), sigma, device=x_g.device),
+                {"class_labels": labels}).float()
+    dist = (d - x_g.repeat(k, *([1] * (x_g.ndim - 1)))).pow(2).mean(_pixels(x_g)).view(k, n)
+    return torch.as_tensor(candidates, device=x_g.device)[dist.argmin(0)]

@@ -46,7 +46,8 @@ def model_card(kind: str, base_model: str, concepts: dict, config: dict, wall_se
         "",
         "Distilled by Score Forgetting Distillation (Chen, Zhang & Zhou, ICLR 2025) from "
         f"`{base_model}`: one network evaluation per image; what asks for a forgotten {what[:-3] if kind == 'class' else 'concept'} "
-        f"is generated as override `{concepts['override']}` instead.",
+        f"is generated as override `{concepts['override']}` instead"
+        + (" (per sample, the retained class nearest to it)." if concepts["override"] == "random" else "."),
         "",
         "## Use",
         *_USAGE[kind],

@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .concepts import ConditionBatch
+from .concepts import ClassForgetSpec, ConditionBatch
 from .config import SFDConfig
 from .denoisers import Denoiser
 from .ema import EMA
 from .errors import DivergenceError, Interrupted, SFDError
-from .losses import Cond, fake_score_loss, generate, generator_loss
+from .losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
 
 STATE_FORMAT = "sfd-training-state-1"
 
@@ -166,6 +166,7 @@ class SFDTrainer:
         self.fake.requires_grad_(False)  # frozen, but gradients flow through its input
         with self._autocast():
             x_g = generate(self.generator_train, z, self.sigma_init, batch.fake)
+            batch = self._override_nearest(batch, x_g, noise)
             per_sample = generator_loss(
                 self.teacher, self.fake, x_g, sigma, noise,
                 teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
@@ -177,6 +178,17 @@ class SFDTrainer:
         self._clip_and_step(self.generator.parameters(), self.opt_gen, c.grad_clip)
         self.ema.update(self.generator.unet)
         return {"gen_" + k: v for k, v in parts.items()}
+
+    def _override_nearest(self, batch: ConditionBatch, x_g: torch.Tensor, noise: torch.Tensor) -> ConditionBatch:
+        """Class "random" override: each forget sample's teacher class is the retained class nearest to it."""
+        if not isinstance(self.spec, ClassForgetSpec) or self.spec.override is not None or not batch.n_forget:
+            return batch
+        f = slice(batch.n_retain, None)
+        with self._autocast():
+            near = nearest_class(self.teacher, x_g[f].detach(), self.sigma_init, noise[f], self.spec.retained)
+        labels = batch.teacher.cond["class_labels"].clone()
+        labels[f] = near.to(labels.dtype)
+        return ConditionBatch(batch.fake, Cond({"class_labels": labels}, batch.teacher.uncond), batch.n_retain, batch.n_forget)
 
     def _set_learning_rates(self) -> None:
         """Cosine decay from the configured rates to lr_final of them over config.steps (constant if lr_final = 1)."""

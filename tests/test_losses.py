@@ -6,7 +6,7 @@ from conftest import tiny_class_unet
 from sfd.concepts import ClassForgetSpec
 from sfd.config import SFDConfig
 from sfd.denoisers import Denoiser
-from sfd.losses import Cond, fake_score_loss, generate, generator_loss
+from sfd.losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
 from sfd.schedules import DiscreteVPSchedule, betas_for
 from sfd.trainer import SFDTrainer
 
@@ -119,6 +119,27 @@ def test_random_override_draws_retained_classes_only():
     override = b.teacher.cond["class_labels"][50:]
     assert set(override.tolist()) == {0, 3}
     assert set(b.fake.cond["class_labels"][50:].tolist()) == {1, 2}
+
+
+def test_nearest_class_picks_the_candidate_whose_denoise_is_closest():
+    # A stand-in teacher that denoises everything to its class's constant image c * 1.
+    def stub(x, sigma, cond):
+        return cond["class_labels"].float().view(-1, 1, 1, 1).expand_as(x)
+
+    x_g = torch.stack([torch.full((1, 4, 4), v) for v in (2.9, 0.4, 4.6)])
+    noise = torch.randn_like(x_g)
+    assert nearest_class(stub, x_g, 1.0, noise, (0, 3, 5)).tolist() == [3, 0, 5]
+    assert nearest_class(stub, x_g, 1.0, noise, (0, 5)).tolist() == [5, 0, 5]
+
+
+def test_random_override_steers_forget_samples_to_retained_classes():
+    spec = ClassForgetSpec.parse(NAMES, ["one"], "random")
+    trainer = SFDTrainer(teacher(), spec, small_config(batch_retain=3, batch_forget=5))
+    teacher_seen, fake_seen = _record_labels(trainer.teacher), _record_labels(trainer.fake)
+    trainer.generator_step()
+    assert set(teacher_seen[-1][3:].tolist()) <= {0, 2, 3}  # the loss's teacher call: retained classes only
+    assert fake_seen[-1][3:].tolist() == [1] * 5
+    assert teacher_seen[-2].numel() == 5 * 3  # the nearest-class search: every forget sample at every retained class
 
 
 def test_training_steps_change_generator_and_fake_but_not_teacher():
