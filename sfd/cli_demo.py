@@ -85,7 +85,7 @@ def add_parsers(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sfd.cli_demo`: the main `sfd` command line (where demo are wired)."""
+    """`python -m sfd.cli_demo`: the main `sfd` command line (where demo is wired)."""
     from .cli import main as cli_main
 
     return cli_main(argv)

@@ -93,10 +93,9 @@ def nearest_class(teacher: Denoiser, x_g: torch.Tensor, sigma: float, noise: tor
     retained class that already explains the sample best. (A fresh uniform draw per step averages
     the class scores, and the generator then learns a blend of all digits, which reads as an 8.)
     """
-    x_t = x_g + sigma * noise
     n, k = len(x_g), len(candidates)
-    labels = torch.as_tensor(candidates, device=x_g.device).repeat_interleave(n)
-    d = teacher(x_t.repeat(k, *([1] * (x_g.ndim - 1))), torch.full((n * k,), sigma, device=x_g.device),
-                {"class_labels": labels}).float()
-    dist = (d - x_g.repeat(k, *([1] * (x_g.ndim - 1)))).pow(2).mean(_pixels(x_g)).view(k, n)
-    return torch.as_tensor(candidates, device=x_g.device)[dist.argmin(0)]
+    classes = torch.as_tensor(candidates, device=x_g.device)
+    x_t = (x_g + sigma * noise).repeat(k, *([1] * (x_g.ndim - 1)))  # candidate-major: rows j*n..(j+1)*n-1 = class j
+    d = teacher(x_t, torch.full((n * k,), sigma, device=x_g.device), {"class_labels": classes.repeat_interleave(n)})
+    dist = (d.float().view(k, *x_g.shape) - x_g).pow(2).flatten(2).mean(2)  # (k, n)
+    return classes[dist.argmin(0)]

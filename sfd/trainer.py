@@ -183,9 +183,8 @@ class SFDTrainer:
         """Class "random" override: each forget sample's teacher class is the retained class nearest to it."""
         if not isinstance(self.spec, ClassForgetSpec) or self.spec.override is not None or not batch.n_forget:
             return batch
-        f = slice(batch.n_retain, None)
-        with self._autocast():
-            near = nearest_class(self.teacher, x_g[f].detach(), self.sigma_init, noise[f], self.spec.retained)
+        f = slice(batch.n_retain, None)  # called inside generator_step's autocast block
+        near = nearest_class(self.teacher, x_g[f].detach(), self.sigma_init, noise[f], self.spec.retained)
         labels = batch.teacher.cond["class_labels"].clone()
         labels[f] = near.to(labels.dtype)
         return ConditionBatch(batch.fake, Cond({"class_labels": labels}, batch.teacher.uncond), batch.n_retain, batch.n_forget)
