@@ -285,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="teacher: a diffusers pipeline folder")
     e.add_argument("--forget", required=True, action="append", help="class (index or name) or concept text to forget (repeatable)")
     e.add_argument("--override", default="random",
-                   help="what replaces it: a class, or 'random' (class models, the default): each forget sample goes to the "
-                        "retained class the teacher finds nearest to it; a text for text-to-image models")
+                   help="what replaces it: a class, or 'random' (class models, the default): each forget class goes to the "
+                        "retained class the teacher finds nearest to it, chosen once per run; a text for text-to-image models")
     e.add_argument("--out", required=True, help="output folder for the one-step model")
     e.add_argument("--steps", type=_nonneg_int("--steps"), help="SFD iterations (default: the preset's)")
     e.add_argument("--seed", type=_nonneg_int("--seed"), default=0)

@@ -8,7 +8,7 @@ A concept spec turns "forget class 3, override random" (or, for text-to-image, "
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -47,8 +47,9 @@ class ClassForgetSpec:
 
     class_names: tuple[str, ...]
     forget: tuple[int, ...]
-    override: int | None  # None ("random"): per sample, the nearest retained class (SFDTrainer._override_nearest)
+    override: int | None  # None: "random", resolved per run to each forget class's nearest retained class
     null_class: int | None = None  # the UNet's "no class" label, for classifier-free guidance
+    random_targets: tuple[int, ...] | None = None  # "random" resolved: the override of each forget class, in order
 
     @classmethod
     def parse(cls, class_names, forget: list[str], override: str, null_class: int | None = None) -> "ClassForgetSpec":
@@ -67,21 +68,35 @@ class ClassForgetSpec:
     def retained(self) -> tuple[int, ...]:
         return tuple(k for k in range(len(self.class_names)) if k not in self.forget)
 
+    def with_random_targets(self, targets) -> "ClassForgetSpec":
+        """This spec with override "random" resolved: `targets[i]` (a retained class) replaces forget class i."""
+        targets = tuple(int(t) for t in targets)
+        if self.override is not None or len(targets) != len(self.forget) or not set(targets) <= set(self.retained):
+            raise ValueError(f"random targets {targets} do not fit forget classes {self.forget} with override 'random'")
+        return replace(self, random_targets=targets)
+
     def describe(self) -> dict:
-        return {
+        d = {
             "forget": [self.class_names[k] for k in self.forget],
             "forget_ids": list(self.forget),
             "override": RANDOM if self.override is None else self.class_names[self.override],
             "retained": [self.class_names[k] for k in self.retained],
         }
+        if self.random_targets is not None:
+            d["override_chosen"] = ", ".join(f"{self.class_names[f]} -> {self.class_names[t]}"
+                                             for f, t in zip(self.forget, self.random_targets))
+        return d
 
     def _pick(self, pool: tuple[int, ...], n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.tensor(pool)[torch.randint(len(pool), (n,), generator=gen)]
 
     def sample(self, n_retain: int, n_forget: int, gen: torch.Generator, device, for_fake_training: bool = False) -> ConditionBatch:
+        if self.override is None and self.random_targets is None:
+            raise ValueError("override 'random' is resolved by the trainer (SFDTrainer) before batches are drawn")
         retain = self._pick(self.retained, n_retain, gen)
-        forget = self._pick(self.forget, n_forget, gen)
-        override = torch.full_like(forget, self.override) if self.override is not None else self._pick(self.retained, n_forget, gen)
+        idx = torch.randint(len(self.forget), (n_forget,), generator=gen)
+        forget = torch.tensor(self.forget)[idx]
+        override = torch.full_like(forget, self.override) if self.override is not None else torch.tensor(self.random_targets)[idx]
         fake = torch.cat([retain, forget]).to(device)
         teacher = torch.cat([retain, override]).to(device)
         uncond = None if self.null_class is None else {"class_labels": torch.full_like(fake, self.null_class)}

@@ -121,7 +121,8 @@ def erase_classes(
     config = config.resolved(pipe.config.default_guidance_scale if pipe.null_class is not None else 1.0)
     config.validate(pipe.scheduler.config.num_train_timesteps)
     trainer = SFDTrainer(pipe.denoiser, spec, config, device)
-    identity = {"base_model": str(model), "concepts": spec.describe()}
+    identity = {"base_model": str(model), "concepts": spec.describe()}  # what was asked; a resume must ask the same
+    spec = trainer.spec  # override "random" resolved to a retained class per forget class (seeded)
     run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress)
     if not trainer.is_main:
         return {}

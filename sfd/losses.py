@@ -89,9 +89,8 @@ def generator_loss(
 def nearest_class(teacher: Denoiser, x_g: torch.Tensor, sigma: float, noise: torch.Tensor, candidates) -> torch.Tensor:
     """Per sample, the candidate class whose teacher denoise of x_g + sigma * noise lands closest to x_g.
 
-    This is how the class-conditional "random" override picks each forget sample's target: the
-    retained class that already explains the sample best. (A fresh uniform draw per step averages
-    the class scores, and the generator then learns a blend of all digits, which reads as an 8.)
+    The class-conditional "random" override is the retained class that most step-0 samples of the forget
+    class are nearest to (`SFDTrainer._resolve_random_override`).
     """
     n, k = len(x_g), len(candidates)
     classes = torch.as_tensor(candidates, device=x_g.device)

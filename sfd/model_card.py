@@ -45,9 +45,9 @@ def model_card(kind: str, base_model: str, concepts: dict, config: dict, wall_se
         f"# One-step generator with {what} {forget} erased (SFD)",
         "",
         "Distilled by Score Forgetting Distillation (Chen, Zhang & Zhou, ICLR 2025) from "
-        f"`{base_model}`: one network evaluation per image; what asks for a forgotten {what[:-3] if kind == 'class' else 'concept'} "
+        f"`{base_model}`: one network evaluation per image; what asks for a forgotten {kind if kind == 'class' else 'concept'} "
         f"is generated as override `{concepts['override']}` instead"
-        + (" (per sample, the retained class nearest to it)." if concepts["override"] == "random" else "."),
+        + (f" (the retained class nearest to it: {concepts['override_chosen']})." if "override_chosen" in concepts else "."),
         "",
         "## Use",
         *_USAGE[kind],

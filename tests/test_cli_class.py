@@ -42,6 +42,9 @@ def test_erase_saves_reloads_and_samples(tiny_teacher_dir, tmp_path, capsys):
     assert "one, two" in card and "random" in card and "Wall time" in card
     cfg = json.loads((out / "sfd_config.json").read_text())
     assert cfg["config"]["steps"] == 3 and cfg["config"]["seed"] == 1 and cfg["concepts"]["forget_ids"] == [1, 2]
+    chosen = cfg["concepts"]["override_chosen"]  # 'random' resolved to a retained class per forget class
+    assert chosen.startswith("one -> ") and ", two -> " in chosen and chosen in card
+    assert all(pair.split(" -> ")[1] in ("zero", "three") for pair in chosen.split(", "))
 
     pipe = OneStepClassPipeline.from_pretrained(out, use_safetensors=True)
     assert pipe.config.t_init == 440 and list(pipe.config.class_names) == ["zero", "one", "two", "three"]

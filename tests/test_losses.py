@@ -1,5 +1,6 @@
 """The SFD losses, against DESIGN.md section 2 and the foundation issue's checklist."""
 
+import pytest
 import torch
 
 from conftest import tiny_class_unet
@@ -113,12 +114,16 @@ def test_forgetting_term_evaluates_teacher_at_override_class():
     assert torch.equal(t_labels[:3], f_labels[:3]) and 1 not in t_labels[:3].tolist()  # retain half: same retained class
 
 
-def test_random_override_draws_retained_classes_only():
+def test_random_override_must_be_resolved_to_retained_classes():
     spec = ClassForgetSpec.parse(NAMES, ["1", "two"], "random")
-    b = spec.sample(50, 200, torch.Generator().manual_seed(0), "cpu")
-    override = b.teacher.cond["class_labels"][50:]
-    assert set(override.tolist()) == {0, 3}
-    assert set(b.fake.cond["class_labels"][50:].tolist()) == {1, 2}
+    with pytest.raises(ValueError, match="resolved"):
+        spec.sample(4, 4, torch.Generator().manual_seed(0), "cpu")
+    with pytest.raises(ValueError):
+        spec.with_random_targets([0, 1])  # 1 is a forget class
+    b = spec.with_random_targets([3, 0]).sample(50, 200, torch.Generator().manual_seed(0), "cpu")
+    fake, teacher_labels = b.fake.cond["class_labels"][50:], b.teacher.cond["class_labels"][50:]
+    assert set(fake.tolist()) == {1, 2}
+    assert teacher_labels[fake == 1].unique().tolist() == [3] and teacher_labels[fake == 2].unique().tolist() == [0]
 
 
 def test_nearest_class_picks_the_candidate_whose_denoise_is_closest():
@@ -132,14 +137,21 @@ def test_nearest_class_picks_the_candidate_whose_denoise_is_closest():
     assert nearest_class(stub, x_g, 1.0, noise, (0, 5)).tolist() == [5, 0, 5]
 
 
-def test_random_override_steers_forget_samples_to_retained_classes():
+def test_random_override_is_the_nearest_retained_class_chosen_once_per_run():
     spec = ClassForgetSpec.parse(NAMES, ["one"], "random")
-    trainer = SFDTrainer(teacher(), spec, small_config(batch_retain=3, batch_forget=5))
+    t = teacher()
+    seen = _record_labels(t)
+    trainer = SFDTrainer(t, spec, small_config(batch_retain=3, batch_forget=5))
+    # The choice: the teacher's step-0 sample of class 1, then every retained class for the nearest-class vote.
+    assert seen[0].unique().tolist() == [1] and sorted(seen[1].unique().tolist()) == [0, 2, 3]
+    (target,) = trainer.spec.random_targets
+    assert target in (0, 2, 3)
+    assert trainer.spec.describe()["override_chosen"] == f"one -> {NAMES[target]}"
     teacher_seen, fake_seen = _record_labels(trainer.teacher), _record_labels(trainer.fake)
     trainer.generator_step()
-    assert set(teacher_seen[-1][3:].tolist()) <= {0, 2, 3}  # the loss's teacher call: retained classes only
-    assert fake_seen[-1][3:].tolist() == [1] * 5
-    assert teacher_seen[-2].numel() == 5 * 3  # the nearest-class search: every forget sample at every retained class
+    trainer.generator_step()
+    for t_labels, f_labels in zip(teacher_seen, fake_seen):
+        assert t_labels[3:].tolist() == [target] * 5 and f_labels[3:].tolist() == [1] * 5
 
 
 def test_training_steps_change_generator_and_fake_but_not_teacher():
