@@ -5,6 +5,7 @@ from one run are what we report):
   python benchmarks/digits_bench.py                    # trains a fresh teacher with the default steps, erases class 1
   python benchmarks/digits_bench.py --classes all      # erases every class in turn (the "any class" target)
   python benchmarks/digits_bench.py --reuse-teacher    # bundled teacher; its recorded training time is used
+  python benchmarks/digits_bench.py --teacher DIR      # a teacher trained earlier (sfd train-teacher digits --steps N)
 Results are printed and written as JSON to --json (default benchmarks/results/digits.json).
 """
 
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--classes", default="1", help="comma-separated classes to erase one at a time, or 'all'")
     ap.add_argument("--reuse-teacher", action="store_true", help="use checkpoints/digits and its recorded training time")
     ap.add_argument("--teacher-steps", type=int, default=None)
+    ap.add_argument("--teacher", default=None, help="a digits teacher folder trained earlier (its recorded training time)")
     ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: preset)")
     ap.add_argument("--batch", type=int, default=256, help="batch size for the throughput comparison")
     ap.add_argument("--n-per-class", type=int, default=100)
@@ -53,10 +55,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sfd-bench-"))
     x, y = digits.load_digits_tensors()
 
-    if a.reuse_teacher:
-        teacher_dir, judge_dir = checkpoints_dir() / "digits" / "teacher", checkpoints_dir() / "digits" / "judge"
+    if a.reuse_teacher or a.teacher:
+        teacher_dir = Path(a.teacher) if a.teacher else checkpoints_dir() / "digits" / "teacher"
+        judge_dir = checkpoints_dir() / "digits" / "judge"
         tstats = json.loads((teacher_dir / "sfd_world.json").read_text())["training"]
-        teacher_note = "recorded when the bundled teacher was trained"
+        teacher_note = f"recorded when {'that' if a.teacher else 'the bundled'} teacher was trained"
     else:
         judge, _ = digits.train_judge(progress=True)
         judge_dir = work / "judge"
@@ -79,8 +82,9 @@ def main() -> None:
         erased = load_class_pipeline(work / f"erased-{k}")
         after = evaluate_classes(erased, judge, x, y, a.n_per_class, seed=1, forget=(k,), progress=False)
         before = score_samples(judge, t_images, t_labels, x, y, forget=(k,))
-        rows.append({"class": k, "erase_seconds": summary["erase_seconds"], "teacher": before, "erased": after})
-        print(f"class {k}: erase {summary['erase_seconds']:.0f} s | forget acc teacher {before['forget_accuracy']:.1%} -> "
+        chosen = summary["concepts"].get("override_chosen")
+        rows.append({"class": k, "override_chosen": chosen, "erase_seconds": summary["erase_seconds"], "teacher": before, "erased": after})
+        print(f"class {k} ({chosen}): erase {summary['erase_seconds']:.0f} s | forget acc teacher {before['forget_accuracy']:.1%} -> "
               f"erased {after['forget_accuracy']:.1%} | retained mean {before['retained_mean_accuracy']:.1%} -> "
               f"{after['retained_mean_accuracy']:.1%} (min {after['retained_min_accuracy']:.1%}) | FD retained "
               f"{before['fd_retained']:.3f} -> {after['fd_retained']:.3f} (ratio {after['fd_retained'] / before['fd_retained']:.2f})",
