@@ -68,6 +68,14 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _override_text(concepts: dict) -> str | None:
+    """The override as recorded; a class model's "random" with the class it was resolved to ("random: one -> eight")."""
+    if concepts.get("override") is None:
+        return None
+    chosen = concepts.get("override_chosen")
+    return f"{concepts['override']}: {chosen}" if chosen else str(concepts["override"])
+
+
 def describe_model(path: str | Path) -> ModelEntry:
     """A ModelEntry for a folder; one-line SFDError when it is missing or not a model of the toolkit."""
     text = str(path).strip()
@@ -100,7 +108,7 @@ def describe_model(path: str | Path) -> ModelEntry:
             steps, guidance = world.get("default_num_inference_steps"), world.get("default_guidance_scale")
     return ModelEntry(
         path=display_path(p), pipeline=pipeline, kind=kind, one_step=one_step, forget=forget, forget_ids=ids,
-        override=None if concepts.get("override") is None else str(concepts.get("override")),
+        override=_override_text(concepts),
         base_model=sfd_config.get("base_model") or None,
         world=world.get("world"), class_names=tuple(str(c) for c in index.get("class_names") or ()),
         default_steps=int(steps) if isinstance(steps, (int, float)) else None,

@@ -52,7 +52,8 @@ def build_demo_world(root: Path) -> dict:
                              default_num_inference_steps=2).save_pretrained(dteacher, safe_serialization=True)
     derased = models / "runs" / "digits-no-one"
     OneStepClassPipeline(unet=unet, scheduler=sched, t_init=440, class_names=CLASS_NAMES).save_pretrained(derased, safe_serialization=True)
-    (derased / "sfd_config.json").write_text(json.dumps({"base_model": str(dteacher), "concepts": {"forget": ["one"], "forget_ids": [1], "override": "random"}}))
+    concepts = {"forget": ["one"], "forget_ids": [1], "override": "random", "override_chosen": "one -> seven"}
+    (derased / "sfd_config.json").write_text(json.dumps({"base_model": str(dteacher), "concepts": concepts}))
 
     cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
@@ -115,6 +116,8 @@ def test_catalog_finds_models_default_pair_and_erase_hint(world):
     text_only = [m for m in models if m.kind == "text" and not m.one_step]
     assert catalog.default_pair(text_only) == (text_only[0], None)
     assert catalog.erase_command(None) == "sfd erase --model checkpoints/shapes/teacher --forget red --override blue --out runs/shapes-no-red"
+    assert catalog.describe_model(world["digits_erased"]).override == "random: one -> seven"
+    assert catalog.describe_model(world["erased"]).override == "blue"
     dig = catalog.describe_model(world["digits_teacher"])
     assert dig.class_names == tuple(CLASS_NAMES) and dig.default_steps == 2 and "--forget three" in catalog.erase_command(dig)
     forgotten, retained = catalog.example_prompts(cmp)
