@@ -6,6 +6,9 @@ from one run are what we report):
   python benchmarks/digits_bench.py --classes all      # erases every class in turn (the "any class" target)
   python benchmarks/digits_bench.py --reuse-teacher    # bundled teacher; its recorded training time is used
   python benchmarks/digits_bench.py --teacher DIR      # a teacher trained earlier (sfd train-teacher digits --steps N)
+With a teacher trained earlier, its training time is also re-estimated in this run (--time-teacher-steps steps
+of the same training, scaled to its full length), so the erase/teacher ratio compares runs on the same machine
+under the same load.
 Results are printed and written as JSON to --json (default benchmarks/results/digits.json).
 """
 
@@ -15,6 +18,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,6 +51,8 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=None)
     ap.add_argument("--teacher", default=None, help="a digits teacher folder trained earlier (its recorded training time)")
     ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: preset)")
+    ap.add_argument("--time-teacher-steps", type=int, default=40,
+                    help="with a teacher trained earlier: time this many of its training steps in this run (0: skip)")
     ap.add_argument("--batch", type=int, default=256, help="batch size for the throughput comparison")
     ap.add_argument("--n-per-class", type=int, default=100)
     ap.add_argument("--json", default="benchmarks/results/digits.json")
@@ -60,6 +66,15 @@ def main() -> None:
         judge_dir = checkpoints_dir() / "digits" / "judge"
         tstats = json.loads((teacher_dir / "sfd_world.json").read_text())["training"]
         teacher_note = f"recorded when {'that' if a.teacher else 'the bundled'} teacher was trained"
+        if a.time_teacher_steps > 0:
+            # The same training for a few steps, now: seconds per step on this machine under this run's load.
+            known = set(digits.TeacherTrainConfig.__dataclass_fields__)
+            cfg = digits.TeacherTrainConfig(**{**{k: v for k, v in tstats.items() if k in known}, "steps": a.time_teacher_steps})
+            digits.train_teacher(replace(cfg, steps=3), progress=False)  # warm-up: first-call kernel set-up is not training
+            _, timing = digits.train_teacher(cfg, progress=False)
+            tstats = {**tstats, "recorded_train_seconds": tstats["train_seconds"],
+                      "train_seconds": timing["seconds_per_step"] * tstats["steps"], "timed_steps": a.time_teacher_steps}
+            teacher_note = f"{a.time_teacher_steps} of its {tstats['steps']} steps timed in this run, scaled"
     else:
         judge, _ = digits.train_judge(progress=True)
         judge_dir = work / "judge"
@@ -97,6 +112,7 @@ def main() -> None:
         "teacher_train_seconds": tstats["train_seconds"],
         "teacher_steps": tstats["steps"],
         "teacher_time_source": teacher_note,
+        "teacher_recorded_train_seconds": tstats.get("recorded_train_seconds", tstats["train_seconds"]),
         "erase_seconds_max": max(erase_s),
         "erase_to_teacher_ratio_max": max(erase_s) / tstats["train_seconds"],
         "throughput_images_per_s": {"teacher_default_sampler": tp_teacher, "one_step": tp_one, "batch": a.batch},
