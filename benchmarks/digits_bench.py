@@ -4,7 +4,7 @@ Everything is measured in one run on this machine, side by side (these machines 
 from one run are what we report):
   python benchmarks/digits_bench.py                    # trains a fresh teacher with the default steps, erases class 1
   python benchmarks/digits_bench.py --classes all      # erases every class in turn (the "any class" target)
-  python benchmarks/digits_bench.py --reuse-teacher    # bundled teacher; its recorded training time is used
+  python benchmarks/digits_bench.py --reuse-teacher    # the bundled teacher (checkpoints/digits)
   python benchmarks/digits_bench.py --teacher DIR      # a teacher trained earlier (sfd train-teacher digits --steps N)
 With a teacher trained earlier, its training time is also re-estimated in this run (--time-teacher-steps steps
 of the same training, scaled to its full length), so the erase/teacher ratio compares runs on the same machine
@@ -18,7 +18,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -47,9 +47,9 @@ def throughput(pipe, batch: int, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classes", default="1", help="comma-separated classes to erase one at a time, or 'all'")
-    ap.add_argument("--reuse-teacher", action="store_true", help="use checkpoints/digits and its recorded training time")
+    ap.add_argument("--reuse-teacher", action="store_true", help="use the bundled teacher in checkpoints/digits")
     ap.add_argument("--teacher-steps", type=int, default=None)
-    ap.add_argument("--teacher", default=None, help="a digits teacher folder trained earlier (its recorded training time)")
+    ap.add_argument("--teacher", default=None, help="a digits teacher folder trained earlier")
     ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: preset)")
     ap.add_argument("--time-teacher-steps", type=int, default=40,
                     help="with a teacher trained earlier: time this many of its training steps in this run (0: skip)")
@@ -68,7 +68,7 @@ def main() -> None:
         teacher_note = f"recorded when {'that' if a.teacher else 'the bundled'} teacher was trained"
         if a.time_teacher_steps > 0:
             # The same training for a few steps, now: seconds per step on this machine under this run's load.
-            known = set(digits.TeacherTrainConfig.__dataclass_fields__)
+            known = {f.name for f in fields(digits.TeacherTrainConfig)}
             cfg = digits.TeacherTrainConfig(**{**{k: v for k, v in tstats.items() if k in known}, "steps": a.time_teacher_steps})
             digits.train_teacher(replace(cfg, steps=3), progress=False)  # warm-up: first-call kernel set-up is not training
             _, timing = digits.train_teacher(cfg, progress=False)
