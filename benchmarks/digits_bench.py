@@ -6,6 +6,7 @@ from one run are what we report):
   python benchmarks/digits_bench.py --classes all      # erases every class in turn (the "any class" target)
   python benchmarks/digits_bench.py --reuse-teacher    # the bundled teacher (checkpoints/digits)
   python benchmarks/digits_bench.py --teacher DIR      # a teacher trained earlier (sfd train-teacher digits --steps N)
+  python benchmarks/digits_bench.py --seeds 0,1,2      # each class erased once per training seed (the FD spread)
 With a teacher trained earlier, its training time is also re-estimated in this run (--time-teacher-steps steps
 of the same training, scaled to its full length), so the erase/teacher ratio compares runs on the same machine
 under the same load.
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=None)
     ap.add_argument("--teacher", default=None, help="a digits teacher folder trained earlier")
     ap.add_argument("--steps", type=int, default=None, help="SFD steps (default: preset)")
+    ap.add_argument("--seeds", default="0", help="comma-separated erase seeds; every class is erased once per seed")
     ap.add_argument("--time-teacher-steps", type=int, default=40,
                     help="with a teacher trained earlier: time this many of its training steps in this run (0: skip)")
     ap.add_argument("--batch", type=int, default=256, help="batch size for the throughput comparison")
@@ -89,24 +91,27 @@ def main() -> None:
 
     classes = list(range(10)) if a.classes == "all" else [int(c) for c in a.classes.split(",")]
     config = PRESETS["class"].replace(steps=a.steps)
-    # The teacher is sampled once (same seeds as every erased model) and scored for each forget class.
+    seeds = [int(s) for s in a.seeds.split(",")]
+    # The teacher is sampled once (the same sampling seeds as every erased model) and scored for each forget class.
     t_images, t_labels, _ = sample_classes(teacher, range(10), a.n_per_class, seed=1, progress=True)
     rows = []
-    for k in classes:
-        summary = erase_classes(str(teacher_dir), [str(k)], "random", str(work / f"erased-{k}"), config, eval_n_per_class=0)
-        erased = load_class_pipeline(work / f"erased-{k}")
+    for k, seed in [(k, seed) for k in classes for seed in seeds]:
+        out = work / f"erased-{k}-seed{seed}"
+        summary = erase_classes(str(teacher_dir), [str(k)], "random", str(out), config.replace(seed=seed), eval_n_per_class=0)
+        erased = load_class_pipeline(out)
         after = evaluate_classes(erased, judge, x, y, a.n_per_class, seed=1, forget=(k,), progress=False)
         before = score_samples(judge, t_images, t_labels, x, y, forget=(k,))
         chosen = summary["concepts"].get("override_chosen")
-        rows.append({"class": k, "override_chosen": chosen, "erase_seconds": summary["erase_seconds"], "teacher": before, "erased": after})
-        print(f"class {k} ({chosen}): erase {summary['erase_seconds']:.0f} s | forget acc teacher {before['forget_accuracy']:.1%} -> "
+        rows.append({"class": k, "seed": seed, "override_chosen": chosen, "erase_seconds": summary["erase_seconds"],
+                     "teacher": before, "erased": after})
+        print(f"class {k} seed {seed} ({chosen}): erase {summary['erase_seconds']:.0f} s | forget acc teacher {before['forget_accuracy']:.1%} -> "
               f"erased {after['forget_accuracy']:.1%} | retained mean {before['retained_mean_accuracy']:.1%} -> "
               f"{after['retained_mean_accuracy']:.1%} (min {after['retained_min_accuracy']:.1%}) | FD retained "
               f"{before['fd_retained']:.3f} -> {after['fd_retained']:.3f} (ratio {after['fd_retained'] / before['fd_retained']:.2f})",
               flush=True)
 
     tp_teacher = throughput(teacher, a.batch, 2)
-    tp_one = throughput(load_class_pipeline(work / f"erased-{classes[0]}"), a.batch, 5)
+    tp_one = throughput(load_class_pipeline(work / f"erased-{classes[0]}-seed{seeds[0]}"), a.batch, 5)
     erase_s = [r["erase_seconds"] for r in rows]
     report = {
         "teacher_train_seconds": tstats["train_seconds"],
@@ -118,6 +123,7 @@ def main() -> None:
         "throughput_images_per_s": {"teacher_default_sampler": tp_teacher, "one_step": tp_one, "batch": a.batch},
         "speedup": tp_one / tp_teacher,
         "sfd_config": json.loads(config.to_json()),
+        "erase_seeds": seeds,
         "per_class": rows,
         "torch_threads": torch.get_num_threads(),
     }
