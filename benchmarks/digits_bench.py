@@ -10,12 +10,14 @@ from one run are what we report):
 With a teacher trained earlier, its training time is also re-estimated in this run (--time-teacher-steps steps
 of the same training, scaled to its full length), so the erase/teacher ratio compares runs on the same machine
 under the same load.
-Results are printed and written as JSON to --json (default benchmarks/results/digits.json).
+Results are printed and written as JSON to --json (default benchmarks/results/digits.json). Runs split over two
+processes (--classes 0,1,2,3,4 and 5,6,7,8,9 side by side) are joined with --merge A.json B.json --json OUT.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -45,6 +47,19 @@ def throughput(pipe, batch: int, repeats: int) -> float:
     return batch / best
 
 
+def merge_reports(paths: list[str]) -> dict:
+    """One report from runs of disjoint classes: all per-class rows, maxima over the runs, each run's own numbers."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(runs[0])
+    merged["per_class"] = [row for r in runs for row in r["per_class"]]
+    for key in ("erase_seconds_max", "erase_to_teacher_ratio_max"):
+        merged[key] = max(r[key] for r in runs)
+    keep = ("teacher_train_seconds", "erase_seconds_max", "erase_to_teacher_ratio_max", "throughput_images_per_s", "speedup")
+    merged["processes"] = [{k: r[k] for k in keep} for r in runs]
+    merged["merged_from"] = [Path(p).name for p in paths]
+    return merged
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--classes", default="1", help="comma-separated classes to erase one at a time, or 'all'")
@@ -58,7 +73,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="batch size for the throughput comparison")
     ap.add_argument("--n-per-class", type=int, default=100)
     ap.add_argument("--json", default="benchmarks/results/digits.json")
+    ap.add_argument("--merge", nargs="+", metavar="RUN_JSON", help="only join these reports (disjoint classes) into --json")
     a = ap.parse_args()
+    if a.merge:
+        Path(a.json).write_text(json.dumps(merge_reports(a.merge), indent=2))
+        print(f"written {a.json}")
+        return
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="sfd-bench-"))
     x, y = digits.load_digits_tensors()
@@ -95,7 +115,7 @@ def main() -> None:
     # The teacher is sampled once (the same sampling seeds as every erased model) and scored for each forget class.
     t_images, t_labels, _ = sample_classes(teacher, range(10), a.n_per_class, seed=1, progress=True)
     rows = []
-    for k, seed in [(k, seed) for k in classes for seed in seeds]:
+    for k, seed in itertools.product(classes, seeds):
         out = work / f"erased-{k}-seed{seed}"
         summary = erase_classes(str(teacher_dir), [str(k)], "random", str(out), config.replace(seed=seed), eval_n_per_class=0)
         erased = load_class_pipeline(out)
