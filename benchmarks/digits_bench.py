@@ -114,13 +114,14 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     # The teacher is sampled once (the same sampling seeds as every erased model) and scored for each forget class.
     t_images, t_labels, _ = sample_classes(teacher, range(10), a.n_per_class, seed=1, progress=True)
+    teacher_scores = {k: score_samples(judge, t_images, t_labels, x, y, forget=(k,)) for k in classes}
     rows = []
     for k, seed in itertools.product(classes, seeds):
         out = work / f"erased-{k}-seed{seed}"
         summary = erase_classes(str(teacher_dir), [str(k)], "random", str(out), config.replace(seed=seed), eval_n_per_class=0)
         erased = load_class_pipeline(out)
         after = evaluate_classes(erased, judge, x, y, a.n_per_class, seed=1, forget=(k,), progress=False)
-        before = score_samples(judge, t_images, t_labels, x, y, forget=(k,))
+        before = teacher_scores[k]
         chosen = summary["concepts"].get("override_chosen")
         rows.append({"class": k, "seed": seed, "override_chosen": chosen, "erase_seconds": summary["erase_seconds"],
                      "teacher": before, "erased": after})
