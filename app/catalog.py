@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from sfd.errors import SFDError
+from sfd.families import FAMILIES, family_of_pipeline
 
-TEXT_KINDS = {"StableDiffusionPipeline": False, "OneStepTextPipeline": True}  # pipeline -> one step?
-CLASS_KINDS = {"ClassConditionalPipeline": False, "OneStepClassPipeline": True}
 SCAN_DEPTH = 3  # checkpoints/<world>/<model> and runs/<name>/<model> are found; deeper folders are not scanned
 SHAPES_TEACHER = ("shapes", "teacher")
 DIGITS_TEACHER = ("digits", "teacher")
@@ -27,7 +26,7 @@ class ModelEntry:
 
     path: str  # as shown and passed around (relative to the working directory when inside it)
     pipeline: str  # the _class_name of model_index.json
-    kind: str  # "text" or "class"
+    kind: str  # what an image is conditioned on, the family's condition_kind: "text" (a prompt) or "class" (a class)
     one_step: bool
     forget: tuple[str, ...] = ()  # erased concepts (text) or class names (class), from sfd_config.json
     forget_ids: tuple[int, ...] = ()  # erased class indices (class models)
@@ -88,24 +87,18 @@ def describe_model(path: str | Path) -> ModelEntry:
         raise SFDError(f"{text!r} is not a diffusers pipeline folder (no model_index.json)")
     index = _read_json(p / "model_index.json")
     pipeline = str(index.get("_class_name", ""))
-    if pipeline in TEXT_KINDS:
-        kind, one_step = "text", TEXT_KINDS[pipeline]
-    elif pipeline in CLASS_KINDS:
-        kind, one_step = "class", CLASS_KINDS[pipeline]
-    else:
-        known = ", ".join([*TEXT_KINDS, *CLASS_KINDS])
-        raise SFDError(f"{text!r} holds a {pipeline or 'unknown'} pipeline; the demo shows {known}")
+    try:
+        family = family_of_pipeline(pipeline)
+    except SFDError:
+        known = ", ".join(c for f in FAMILIES for c in f.pipeline_classes)
+        raise SFDError(f"{text!r} holds a {pipeline or 'unknown'} pipeline; the demo shows {known}") from None
+    kind, one_step = family.condition_kind, family.is_one_step_class(pipeline)
     sfd_config = _read_json(p / "sfd_config.json")
     concepts = sfd_config.get("concepts") or {}
     world = _read_json(p / "sfd_world.json")
     forget = tuple(str(c) for c in concepts.get("forget") or () if str(c).strip())
     ids = tuple(int(i) for i in concepts.get("forget_ids") or () if isinstance(i, int))
-    steps = guidance = None
-    if not one_step:
-        if kind == "class":
-            steps, guidance = index.get("default_num_inference_steps"), index.get("default_guidance_scale")
-        else:
-            steps, guidance = world.get("default_num_inference_steps"), world.get("default_guidance_scale")
+    steps, guidance = (None, None) if one_step else family.recorded_sampling(index, world)
     return ModelEntry(
         path=display_path(p), pipeline=pipeline, kind=kind, one_step=one_step, forget=forget, forget_ids=ids,
         override=_override_text(concepts),

@@ -230,14 +230,8 @@ def sample(cached: CachedModel, req: Request) -> tuple[torch.Tensor, float]:
     gen = torch.Generator().manual_seed(req.seed)  # CPU noise: the same image on any device
     with cached.lock:
         t0 = time.perf_counter()
-        if m.kind == "class":
-            kw = {} if m.one_step else {"num_inference_steps": req.steps, "guidance_scale": req.guidance}
-            images = m.pipe([req.class_index], generator=gen, output_type="pt", show_progress=False, **kw).images
-        else:
-            kw = {} if m.one_step else {"num_inference_steps": req.steps, "guidance_scale": req.guidance}
-            if req.negative_prompt and not m.one_step:
-                kw["negative_prompt"] = [req.negative_prompt]
-            images = m.pipe([req.prompt], generator=gen, height=m.image_size, width=m.image_size, output_type="pt", **kw).images
+        images = m.family.sample(m.pipe, [req.caption], [gen], steps=req.steps, guidance=req.guidance,
+                                 negative_prompt=req.negative_prompt or None)
         seconds = time.perf_counter() - t0
     images = images.float().cpu().clamp(0, 1)
     return (images * 255).round() / 255, seconds

@@ -6,7 +6,7 @@ Two searches, judged by a CLIP detector of the concept (`evaluators.detectors.Cl
   concepts, the shapes world's colours and shapes included, plus a user file); works on any text model;
 - gradient soft-prompt search in the spirit of UnlearnDiffAtk (Zhang et al. 2023): `soft_tokens` continuous
   token embeddings are inserted right after the start token of the prompt and optimised with Adam so that the
-  one-step generator's image, x0 = D(sigma_init * z, sigma_init, text) decoded by the VAE, is classified as the
+  one-step generator's image, x0 = G(z, text) decoded by the VAE, is classified as the
   concept by CLIP (cross-entropy of the zero-shot vote, concept vs contrasts). With `project=True` (the default)
   the forward pass uses the nearest real token embeddings with a straight-through gradient (as PEZ does), so the
   result is a hard prompt that is then re-run through the ordinary pipeline to confirm it. It needs one UNet
@@ -225,8 +225,7 @@ def gradient_search(model: LoadedModel, detector, items: Sequence[PromptItem], s
 
     c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     z = randn_tensor((n, c, s, s), generator=[torch.Generator().manual_seed(int(x)) for x in seeds], device=device, dtype=torch.float32)
-    sigma = pipe.sigma_init
-    denoiser = pipe.denoiser
+    one_step = pipe.generator  # the erased network, called by its folder's one-step convention
     target = torch.zeros(n, dtype=torch.long, device=device)
     best = soft.detach().clone()
     success_step = [None] * n
@@ -237,7 +236,7 @@ def gradient_search(model: LoadedModel, detector, items: Sequence[PromptItem], s
             proj = table[_nearest_tokens(soft.detach(), table, banned)] if cfg.project else None
             swap.values = soft + (proj - soft).detach() if cfg.project else soft
             hidden = te(ids)[0]
-            x0 = denoiser(sigma * z, sigma, {"encoder_hidden_states": hidden})
+            x0 = one_step(z, {"encoder_hidden_states": hidden})
             images = decode_latents(pipe.vae, x0)
             logits = detector.logits(images)
             probs = logits.detach().softmax(-1).cpu()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from sfd.errors import SFDError
+from sfd.models import model_identity
 
 from .prompt_sets import PromptItem, PromptSet, image_seed, load_prompt_set
 
@@ -83,13 +84,14 @@ class LoadedModel:
 
     label: str
     path: str
-    kind: str  # "text" or "class"
+    kind: str  # what each image is conditioned on: "text" (a prompt) or "class" (a class name); the family's condition_kind
     pipeline: str  # class name from model_index.json
     pipe: object = field(repr=False)
     one_step: bool
     steps: int | None  # sampler steps used (None for one-step models)
     guidance: float | None  # default guidance (None for one-step models)
     image_size: int
+    family: object = field(default=None, repr=False)  # sfd.families.ModelFamily
 
     def describe(self) -> dict:
         return {"label": self.label, "path": self.path, "kind": self.kind, "pipeline": self.pipeline, "one_step": self.one_step,
@@ -98,40 +100,11 @@ class LoadedModel:
 
 def inspect_model(path: str) -> str:
     """The pipeline class of a model folder, checked before any work starts (one-line errors)."""
-    from sfd.models import CLASS_PIPELINES, TEXT_PIPELINES, is_hub_id, model_kind
+    from sfd.families import family_of_pipeline, pipeline_class_of
 
-    if is_hub_id(path):
-        from sfd.models import hub_offline
-
-        if hub_offline():
-            raise SFDError(f"model path {path!r} does not exist locally, and hub downloads are off (HF_HUB_OFFLINE=1)")
-        return "StableDiffusionPipeline"
-    kind = model_kind(path)
-    if kind not in TEXT_PIPELINES + CLASS_PIPELINES:
-        raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected one of {', '.join(TEXT_PIPELINES + CLASS_PIPELINES)}")
+    kind = pipeline_class_of(path)
+    family_of_pipeline(kind)  # raises for a pipeline no family supports
     return kind
-
-
-def model_identity(path: str) -> dict | None:
-    """A cheap fingerprint of a model folder's weights: per safetensors file, its size and a hash of its first and
-    last MiB (the header and tensor data). Resuming an audit after the weights changed in place is refused;
-    copying a folder does not change it."""
-    import hashlib
-
-    p = Path(path)
-    if not p.is_dir():
-        return None
-    ident = {}
-    for f in sorted(p.rglob("*.safetensors")):
-        size = f.stat().st_size
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 1 << 20:
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read())
-        ident[str(f.relative_to(p))] = {"bytes": size, "sha256_head_tail": h.hexdigest()}
-    return ident
 
 
 def model_labels(paths: Sequence[str]) -> list[str]:
@@ -169,46 +142,36 @@ def load_model(path: str, label: str, device: str = "cpu", steps: int | None = N
 
 
 def _load_model(path: str, label: str, device: str, steps: int | None, allow_pickle: bool) -> LoadedModel:
-    from sfd.models import CLASS_PIPELINES, load_class_pipeline, load_text_pipeline, world_meta
+    from sfd.families import family_of_pipeline
+    from sfd.models import world_meta
 
     pipeline = inspect_model(path)
+    family = family_of_pipeline(pipeline)
     meta = world_meta(path) if Path(path).is_dir() else {}
-    if pipeline in CLASS_PIPELINES:
-        pipe = load_class_pipeline(path, device)
-        one_step = pipeline == "OneStepClassPipeline"
-        size = pipe.unet.config.sample_size
-        n_steps = None if one_step else (steps or pipe.config.default_num_inference_steps)
-        guidance = None if one_step else float(pipe.config.default_guidance_scale)
-        return LoadedModel(label, path, "class", pipeline, pipe, one_step, n_steps, guidance, size)
-    pipe = load_text_pipeline(path, device, allow_pickle=allow_pickle)
-    one_step = pipeline == "OneStepTextPipeline"
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    n_steps = None if one_step else (steps or meta.get("default_num_inference_steps") or 50)
-    guidance = None if one_step else float(meta.get("default_guidance_scale", 7.5))
-    return LoadedModel(label, path, "text", pipeline, pipe, one_step, n_steps, guidance, size)
+    pipe = family.load(path, device, allow_pickle=allow_pickle)
+    one_step = family.is_one_step(pipe)
+    default_steps, guidance = family.sampler_defaults(pipe, meta)
+    n_steps = None if one_step else (steps or default_steps)
+    return LoadedModel(label, path, family.condition_kind, pipeline, pipe, one_step, n_steps, guidance, family.image_size(pipe),
+                       family=family)
 
 
-def class_label_of(model: LoadedModel, prompt: str) -> int:
-    from sfd.concepts import resolve_class
-
-    try:
-        return resolve_class(prompt, model.pipe.config.class_names)
-    except SFDError as e:
-        raise SFDError(f"{model.label} is class-conditional: each prompt must name a class ({e})") from None
+def check_prompts(model: LoadedModel, prompts: Sequence[str]) -> None:
+    """Each prompt must be a condition the model takes (a class model's prompts name classes): one-line errors."""
+    for p in prompts:
+        try:
+            model.family.check_condition(model.pipe, p)
+        except SFDError as e:
+            raise SFDError(f"{model.label} {e}") from None
 
 
 @torch.no_grad()
-def generate(model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None) -> torch.Tensor:
+def generate(model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None,
+             negative_prompt: str | None = None) -> torch.Tensor:
     """Images in [0, 1] (NCHW, CPU), one per (prompt, seed); noise comes from per-image CPU generators."""
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    pipe = model.pipe
-    if model.kind == "class":
-        labels = [class_label_of(model, p) for p in prompts]
-        kwargs = {} if model.one_step else {"num_inference_steps": model.steps, "guidance_scale": guidance}
-        images = pipe(labels, generator=gens, output_type="pt", show_progress=False, **kwargs).images
-    else:
-        kwargs = {} if model.one_step else {"num_inference_steps": model.steps, "guidance_scale": guidance}
-        images = pipe(list(prompts), generator=gens, height=model.image_size, width=model.image_size, output_type="pt", **kwargs).images
+    check_prompts(model, prompts)
+    images = model.family.sample(model.pipe, list(prompts), gens, steps=model.steps, guidance=guidance, negative_prompt=negative_prompt)
     return images.float().cpu().clamp(0, 1)
 
 
@@ -454,9 +417,7 @@ def run_audit(
             t0 = time.perf_counter()
             model = load_model(path, labels[m], device, settings.steps, settings.allow_pickle)
             t_load = time.perf_counter() - t0
-            if model.kind == "class":  # every prompt must name a class: check before generating
-                for it in prompt_set.items:
-                    class_label_of(model, it.prompt)
+            check_prompts(model, [it.prompt for it in prompt_set.items])  # before generating anything
             known_models[str(m)] = {**model.describe(), "weights": fingerprint["weights"][m]}
             models_info.append(known_models[str(m)])
             _update_state(out, models=known_models)

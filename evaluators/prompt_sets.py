@@ -265,3 +265,8 @@ def prompt_set_from_list(prompts: Sequence[str], name: str = "<list>") -> Prompt
     if not items:
         raise SFDError(f"{name} holds no prompts")
     return PromptSet(path=name, format="list", items=items, total_in_file=len(items))
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """The prompts of a .txt, .csv (a 'prompt' column) or .jsonl file, in order (retain prompts of `sfd erase`)."""
+    return load_prompt_set(path).prompts

@@ -79,20 +79,23 @@ def erasure_metrics(pipe, concepts, clip=None, n_per_prompt: int = 4, seed: int 
     retain_prompts = [c for c in caps if not any(mentions(c[2], k) for k in concepts)]
     out = {"n_per_prompt": n_per_prompt, "seed": seed, "forget_prompts": len(forget_prompts), "retain_prompts": len(retain_prompts)}
 
-    f = generate_and_judge(pipe, clip, forget_prompts, n_per_prompt, seed, progress=progress, **call_kwargs)
-    hit = torch.zeros(len(f["prompt_index"]), dtype=torch.bool)
-    for k in concepts:
-        if _attribute(k) == "colour":
-            hit |= f["colour_pred"] == shapes.COLOURS.index(k)
-        else:
-            hit |= f["shape_pred"] == shapes.SHAPES.index(k)
-    out["forget_rate"] = float(hit.float().mean())
+    seconds = 0.0
+    if forget_prompts:  # none when nothing was erased (a stage-1 distillation): retained metrics only
+        f = generate_and_judge(pipe, clip, forget_prompts, n_per_prompt, seed, progress=progress, **call_kwargs)
+        hit = torch.zeros(len(f["prompt_index"]), dtype=torch.bool)
+        for k in concepts:
+            if _attribute(k) == "colour":
+                hit |= f["colour_pred"] == shapes.COLOURS.index(k)
+            else:
+                hit |= f["shape_pred"] == shapes.SHAPES.index(k)
+        out["forget_rate"] = float(hit.float().mean())
+        seconds = f["seconds"]
 
     r = generate_and_judge(pipe, clip, retain_prompts, n_per_prompt, seed + 1, progress=progress, **call_kwargs)
     out["retained_colour_rate"] = float((r["colour_pred"] == r["colour_true"]).float().mean())
     out["retained_shape_rate"] = float((r["shape_pred"] == r["shape_true"]).float().mean())
     out["retained_clip_score"] = float(r["clip_score"].mean())
-    out["seconds"] = f["seconds"] + r["seconds"]
+    out["seconds"] = seconds + r["seconds"]
     return out
 
 

@@ -12,6 +12,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 
 from sfd.denoisers import Denoiser
+from sfd.generators import OneStepConvention, OneStepGenerator
 
 
 def _labels(class_labels, device) -> torch.Tensor:
@@ -108,22 +109,38 @@ class ClassConditionalPipeline(_ClassPipelineBase):
 
 
 class OneStepClassPipeline(_ClassPipelineBase):
-    """One-step generator x = D_theta(sigma_init * z, sigma_init, c) distilled by SFD (DESIGN.md section 2)."""
+    """One-step generator x = D_theta(sigma_init * z, sigma_init, c) distilled by SFD (DESIGN.md section 2).
 
-    def __init__(self, unet: UNet2DModel, scheduler: KarrasDiffusionSchedulers, t_init: int = 440, class_names: list[str] | None = None):
+    `t_init` is the generator's timestep; `conditioning_timestep`, `input_scale` and `prediction_type` record
+    another calling convention for one-step networks made elsewhere (`sfd.generators.OneStepConvention`)."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: KarrasDiffusionSchedulers, t_init: int = 440, class_names: list[str] | None = None,
+                 conditioning_timestep: float | None = None, input_scale: float | None = None, prediction_type: str | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(t_init=int(t_init), class_names=list(class_names) if class_names else [str(i) for i in range(unet.config.num_class_embeds)])
+        register_convention(self, conditioning_timestep, input_scale, prediction_type)
+
+    @property
+    def generator(self) -> OneStepGenerator:
+        return OneStepGenerator(self.denoiser, OneStepConvention.from_config(self.config))
 
     @property
     def sigma_init(self) -> float:
-        return float(self.denoiser.schedule.sigma_at(self.config.t_init))
+        return self.generator.sigma_init
 
     @torch.no_grad()
     def __call__(self, class_labels, generator=None, output_type: str = "pt", num_inference_steps: int = 1, show_progress: bool = False):
         labels = _labels(class_labels, self.device)
         self._check(labels, generator)
-        sigma = self.sigma_init
         z = self._noise(labels.numel(), generator)
-        x = self.denoiser(sigma * z, sigma, {"class_labels": labels})
+        x = self.generator(z, {"class_labels": labels})
         return ImagePipelineOutput(images=_to_output(x, output_type))
+
+
+def register_convention(pipe: DiffusionPipeline, conditioning_timestep, input_scale, prediction_type) -> None:
+    """Record a one-step calling convention other than SiD's in the pipeline config (SiD's needs t_init alone)."""
+    extra = {"conditioning_timestep": conditioning_timestep, "input_scale": input_scale, "prediction_type": prediction_type}
+    extra = {k: v for k, v in extra.items() if v is not None}
+    if extra:
+        pipe.register_to_config(**extra)

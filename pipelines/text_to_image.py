@@ -14,6 +14,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sfd.denoisers import Denoiser
+from sfd.generators import OneStepConvention, OneStepGenerator
+
+from .class_conditional import register_convention
 
 MAX_PROMPT_CHARS = 1000
 
@@ -56,18 +59,31 @@ class OneStepTextPipeline(DiffusionPipeline):
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
         t_init: int = 625,
+        conditioning_timestep: float | None = None,
+        input_scale: float | None = None,
+        prediction_type: str | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.register_to_config(t_init=int(t_init))
+        register_convention(self, conditioning_timestep, input_scale, prediction_type)
 
     @property
     def denoiser(self) -> Denoiser:
         return Denoiser.from_unet_and_scheduler_config(self.unet, self.scheduler.config)
 
     @property
+    def generator(self) -> OneStepGenerator:
+        """The distilled network as called by this folder's one-step convention (SiD's: t_init)."""
+        return OneStepGenerator(self.denoiser, OneStepConvention.from_config(self.config))
+
+    @property
     def sigma_init(self) -> float:
-        return float(self.denoiser.schedule.sigma_at(self.config.t_init))
+        return self.generator.sigma_init
+
+    def encode_conditions(self, prompts: list[str], device=None) -> dict:
+        """The network's keyword conditioning for `prompts`."""
+        return {"encoder_hidden_states": encode_prompts(self.tokenizer, self.text_encoder, prompts, device or self._execution_device)}
 
     @property
     def vae_scale_factor(self) -> int:
@@ -99,10 +115,9 @@ class OneStepTextPipeline(DiffusionPipeline):
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         self.check_inputs(prompts, generator)
         device = self._execution_device
-        emb = encode_prompts(self.tokenizer, self.text_encoder, prompts, device)
+        cond = self.encode_conditions(prompts, device)
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
         if latents is None:
             latents = randn_tensor((len(prompts), c, s, s), generator=generator, device=device, dtype=torch.float32)
-        sigma = self.sigma_init
-        x0 = self.denoiser(sigma * latents.to(device), sigma, {"encoder_hidden_states": emb})
+        x0 = self.generator(latents.to(device), cond)
         return ImagePipelineOutput(images=to_output(decode_latents(self.vae, x0), output_type))

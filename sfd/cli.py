@@ -1,4 +1,4 @@
-"""The `sfd` command line: erase, sample, eval, train-teacher, quickstart, audit, attack.
+"""The `sfd` command line: erase, distill, import-base, sample, eval, train-teacher, quickstart, audit, attack, demo.
 
 User errors print one line (`sfd <command>: error: ...`) and exit with status 2, without a traceback.
 Heavy libraries are imported inside the commands so that `sfd --help` answers at once.
@@ -56,107 +56,153 @@ def _device(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------ commands
 
-def _is_class_model(path: str) -> bool:
-    from .models import CLASS_PIPELINES, is_hub_id, model_kind
+def _world_meta(path: str) -> dict:
+    from .models import world_meta
 
-    if is_hub_id(path) or Path(path).is_file():  # hub ids and single files are text-to-image checkpoints
-        return False
-    return model_kind(path) in CLASS_PIPELINES
+    return world_meta(path) if Path(path).is_dir() else {}
+
+
+def _retain_prompts(path: str | None) -> list[str] | None:
+    if not path:
+        return None
+    from evaluators.prompt_sets import read_prompt_file
+
+    return read_prompt_file(path)
+
+
+def _choose_base(a, family, preset_name: str) -> str | None:
+    """The one-step base of an erase: --generator, none with --single-stage, else the world's bundled base; a preset
+    that cannot converge from the teacher alone (Stable Diffusion's) refuses to run single-stage unless asked."""
+    from .config import SINGLE_STAGE_OK
+    from .erase import default_base
+
+    if a.generator and a.single_stage:
+        raise SFDError("--generator and --single-stage contradict each other; choose one")
+    if a.generator or a.single_stage:
+        return a.generator
+    base = default_base(a.model)
+    if base is not None:
+        print(f"erasing from the distilled base {base} (stage 2); --generator picks another base, "
+              "--single-stage erases from the teacher alone", flush=True)
+        return str(base)
+    if not SINGLE_STAGE_OK[preset_name]:
+        raise SFDError(f"{a.model} has no one-step base, and a single-stage erase with the {preset_name!r} preset cannot converge "
+                       f"(README: Two stages): run `sfd distill --model {a.model} --out BASE` and pass --generator BASE, or pass "
+                       "--generator with a one-step model made elsewhere (`sfd import-base`); --single-stage runs it anyway")
+    return None
+
+
+def _run(a, forget: list[str], override: str | None, generator: str | None, stage: str) -> dict:
+    """`sfd erase` and `sfd distill`: the preset of the model's family and stage, the world's metrics, one SFD run."""
+    from evaluators.world_metrics import world_evaluator
+
+    from .config import preset
+    from .distributed import init_from_env
+    from .erase import run_sfd
+    from .families import family_for
+
+    device = init_from_env(_device(a.device))
+    family = family_for(a.model)
+    name = a.preset or family.preset(_world_meta(a.model))
+    if stage == "erase":
+        generator = _choose_base(a, family, name)
+        stage = "erase" if generator else "single"
+    config = preset(name, stage).replace(steps=a.steps, seed=a.seed)
+    evaluate = world_evaluator(family, a.model, seed=config.seed, device=device, progress=not a.quiet)
+    return run_sfd(a.model, a.out, config, forget=forget, override=override, generator=generator,
+                   retain_prompts=_retain_prompts(a.retain_prompts), negative_prompt=a.negative_prompt or "",
+                   overwrite=a.overwrite, device=device, progress=not a.quiet, allow_pickle=a.allow_pickle,
+                   frozen_dtype=a.dtype, resume=a.resume, checkpoint_every=a.checkpoint_every, save_dtype=a.save_dtype,
+                   evaluate=evaluate, family=family)
 
 
 def cmd_erase(a) -> int:
-    from .config import PRESETS, preset_for
-    from .erase import erase_classes, erase_text
-
-    from .distributed import init_from_env
-
-    device = init_from_env(_device(a.device))
-    if _is_class_model(a.model):
-        if a.retain_prompts or a.negative_prompt:
-            raise SFDError("--retain-prompts and --negative-prompt apply to text-to-image models, not class-conditional ones")
-        config = PRESETS[a.preset or "class"].replace(steps=a.steps, seed=a.seed)
-        summary = erase_classes(a.model, a.forget, a.override, a.out, config, overwrite=a.overwrite, device=device,
-                                progress=not a.quiet, resume=a.resume, checkpoint_every=a.checkpoint_every)
-    else:
-        if a.override == "random":
-            raise SFDError("text-to-image erasure needs an --override text (e.g. --override 'a person wearing clothes')")
-        config = PRESETS[a.preset or preset_for(a.model)].replace(steps=a.steps, seed=a.seed)
-        summary = erase_text(a.model, a.forget, a.override, a.out, config, retain_prompts=a.retain_prompts,
-                             negative_prompt=a.negative_prompt or "", overwrite=a.overwrite, device=device, progress=not a.quiet,
-                             allow_pickle=a.allow_pickle, frozen_dtype=a.dtype, resume=a.resume,
-                             checkpoint_every=a.checkpoint_every)
+    summary = _run(a, a.forget, a.override, a.generator, "erase")
     if summary:  # empty on the non-main processes of a multi-process run
+        print(summary_line(summary, a.out))
+    return 0
+
+
+def cmd_distill(a) -> int:
+    summary = _run(a, [], None, None, "distill")
+    if summary:
         print(summary_line(summary, a.out))
     return 0
 
 
 def summary_line(summary: dict, out: str) -> str:
     m = summary["metrics"]
-    line = f"erased {', '.join(summary['concepts']['forget'])} -> {out} in {summary['erase_seconds']:.0f} s"
-    if m and "forget_accuracy" in m:
-        line += (f"; forget acc {m['forget_accuracy']:.1%}, retained mean {m['retained_mean_accuracy']:.1%} "
-                 f"(min {m['retained_min_accuracy']:.1%}), FD {m['fd_retained']:.3f}")
+    if summary["stage"] == "distill":
+        line = f"distilled {summary['base_model']} -> {out} in {summary['erase_seconds']:.0f} s"
+    else:
+        line = f"erased {', '.join(summary['concepts']['forget'])} -> {out} in {summary['erase_seconds']:.0f} s"
+    if m and "retained_mean_accuracy" in m:
+        if "forget_accuracy" in m:
+            line += f"; forget acc {m['forget_accuracy']:.1%},"
+        line += (f" retained mean {m['retained_mean_accuracy']:.1%} (min {m['retained_min_accuracy']:.1%}), "
+                 f"FD {m['fd_retained']:.3f}")
     elif m:
         line += "; " + ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, float))
     return line
 
 
-def _sampler_kwargs(pipe, steps: int | None) -> dict:
-    """--steps applies to multi-step teachers; one-step generators ignore it."""
-    from pipelines import OneStepClassPipeline
+def cmd_import_base(a) -> int:
+    """A one-step UNet made by another method (SD-Turbo, DMD2, ...) as a one-step pipeline folder of its teacher."""
+    from .families import family_for
+    from .generators import NAMED_CONVENTIONS, OneStepConvention
+    from .models import check_weights_are_safe, quiet_diffusers
+    from .outputs import check_output_dir, staged_dir
 
-    return {} if steps is None or isinstance(pipe, OneStepClassPipeline) else {"num_inference_steps": steps}
+    if a.convention is None and a.timestep is None:
+        raise SFDError(f"give --convention ({', '.join(NAMED_CONVENTIONS)}) or --timestep T [--input-scale S]")
+    convention = NAMED_CONVENTIONS[a.convention] if a.convention else OneStepConvention(a.timestep, a.input_scale, a.prediction_type)
+    out = check_output_dir(a.out, a.overwrite)
+    family = family_for(a.teacher)
+    teacher = family.load(a.teacher, "cpu", allow_pickle=a.allow_pickle)
+    if family.is_one_step(teacher):
+        raise SFDError(f"--teacher {a.teacher} is a one-step model; give the multi-step teacher the UNet was distilled from")
+    convention.validate(teacher.scheduler.config.num_train_timesteps)
+    unet_dir = Path(a.unet) / "unet" if (Path(a.unet) / "unet").is_dir() else Path(a.unet)
+    if not (unet_dir / "config.json").is_file():
+        raise SFDError(f"--unet {a.unet}: no diffusers UNet folder there (config.json, or a pipeline folder with unet/)")
+    check_weights_are_safe(unet_dir, a.allow_pickle)
+    try:
+        with quiet_diffusers():
+            unet = type(teacher.unet).from_pretrained(str(unet_dir), use_safetensors=not a.allow_pickle)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise SFDError(f"could not load --unet {a.unet}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+    pipe = family.one_step_pipeline_from(teacher, unet.float(), convention)
+    family.check_base(teacher, pipe, str(a.unet))
+    with staged_dir(out) as tmp, quiet_diffusers():
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "sfd_config.json").write_text(json.dumps({
+            "stage": "imported", "family": family.name, "base_model": str(a.teacher), "unet": str(a.unet),
+            "one_step_convention": convention.describe(), "convention_name": a.convention}, indent=2))
+    print(f"one-step base -> {out}: {a.unet} called at timestep {convention.timestep:g}"
+          + (f" on {convention.input_scale:g} z" if convention.input_scale is not None else " (SiD's input)"))
+    return 0
 
 
 def cmd_sample(a) -> int:
-    from .outputs import check_output_dir
-
-    class_model = _is_class_model(a.model)
-    if class_model and a.class_ is None:
-        raise SFDError("give --class K for a class-conditional model")
-    if not class_model and a.prompt is None:
-        raise SFDError("give --prompt TEXT for a text-to-image model")
-    if a.prompt is not None and not a.prompt.strip():
-        raise SFDError("--prompt is empty")
-    out = check_output_dir(a.out, a.overwrite)
-    device = _device(a.device)
-    if class_model:
-        from .concepts import resolve_class
-        from .models import load_class_pipeline
-
-        pipe = load_class_pipeline(a.model, device)
-        k = resolve_class(a.class_, pipe.config.class_names)
-        label = pipe.config.class_names[k]
-        kwargs = _sampler_kwargs(pipe, a.steps)
-
-        def generate(gens):
-            return [img.convert("L") for img in pipe([k] * len(gens), generator=gens, output_type="pil", show_progress=False, **kwargs).images]
-    else:
-        from .models import load_text_pipeline
-
-        pipe = load_text_pipeline(a.model, device, allow_pickle=a.allow_pickle)
-        label = "image"
-        kwargs = {}
-        if a.steps is not None:
-            kwargs["num_inference_steps"] = a.steps
-        if a.guidance is not None:
-            kwargs["guidance_scale"] = a.guidance
-        if a.negative_prompt:
-            kwargs["negative_prompt"] = [a.negative_prompt]
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-
-        def generate(gens):
-            extra = {**kwargs, "negative_prompt": kwargs["negative_prompt"] * len(gens)} if "negative_prompt" in kwargs else kwargs
-            return pipe([a.prompt] * len(gens), generator=gens, height=size, width=size, output_type="pil", **extra).images
     import torch
+    from diffusers import DiffusionPipeline
     from tqdm.auto import tqdm
 
+    from .families import family_for
+    from .outputs import check_output_dir
+
+    family = family_for(a.model)
+    condition = family.user_condition(prompt=a.prompt, class_=a.class_)
+    out = check_output_dir(a.out, a.overwrite)
+    pipe = family.load(a.model, _device(a.device), allow_pickle=a.allow_pickle)
+    label = family.condition_label(pipe, condition)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=a.n, desc="sampling", unit="img", disable=a.quiet)
     for start in range(0, a.n, a.batch_size):
         idx = list(range(start, min(a.n, start + a.batch_size)))
         gens = [torch.Generator(device=pipe.device).manual_seed(a.seed + i) for i in idx]
-        for i, img in zip(idx, generate(gens)):
+        images = family.sample(pipe, [condition] * len(idx), gens, steps=a.steps, guidance=a.guidance, negative_prompt=a.negative_prompt)
+        for i, img in zip(idx, DiffusionPipeline.numpy_to_pil(images.permute(0, 2, 3, 1).float().cpu().numpy())):
             img.save(out / f"{label}_{i:05d}_seed{a.seed + i}.png")
         bar.update(len(idx))
     bar.close()
@@ -165,19 +211,22 @@ def cmd_sample(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .erase import default_judge, evaluate_digits_model
-    from .models import load_class_pipeline, world_meta
+    from evaluators.world_metrics import default_judge, evaluate_digits_model
+
+    from .families import family_for, pipeline_class_of
 
     if a.json and (Path(a.json).is_dir() or not Path(a.json).resolve().parent.is_dir()):  # fail before sampling
         raise SFDError(f"--json {a.json!r}: expected a file path in an existing folder")
-    pipe = load_class_pipeline(a.model, _device(a.device))
-    meta = world_meta(a.model)
-    judge = Path(a.judge) if a.judge else default_judge(meta)
+    family = family_for(a.model)
+    if family.metrics != "judge":
+        raise SFDError(f"{a.model} holds a {pipeline_class_of(a.model)}; sfd eval judges classes: expected a class-conditional model")
+    pipe = family.load(a.model, _device(a.device))
+    judge = Path(a.judge) if a.judge else default_judge(_world_meta(a.model))
     if judge is None or not judge.is_dir():
         raise SFDError("no judge found for this model; pass --judge PATH (a judge folder such as checkpoints/digits/judge)")
     sfd_cfg = Path(a.model) / "sfd_config.json"
     forget = tuple(json.loads(sfd_cfg.read_text())["concepts"]["forget_ids"]) if sfd_cfg.is_file() else ()
-    kwargs = _sampler_kwargs(pipe, a.steps)
+    kwargs = {"num_inference_steps": a.steps} if a.steps is not None and not family.is_one_step(pipe) else {}
     m = evaluate_digits_model(pipe, forget, judge, a.n_per_class, a.seed, progress=not a.quiet, **kwargs)
     print(format_class_table({"model": m}, pipe.config.class_names, forget))
     if a.json:
@@ -251,18 +300,26 @@ def _train_shapes_world(a) -> int:
 
 
 def cmd_quickstart(a) -> int:
-    from .config import PRESETS
-    from .erase import erase_classes, evaluate_digits_model
-    from .models import checkpoints_dir, load_class_pipeline
+    from evaluators.world_metrics import evaluate_digits_model, world_evaluator
 
-    teacher_dir = checkpoints_dir() / "digits" / "teacher"
+    from .config import preset
+    from .erase import default_base, run_sfd
+    from .families import family_for
+    from .models import checkpoints_dir
+
+    teacher_dir = str(checkpoints_dir() / "digits" / "teacher")
     judge = checkpoints_dir() / "digits" / "judge"
-    config = PRESETS["class"].replace(seed=a.seed)
-    print(f"1/3 erasing class {a.forget} from {teacher_dir} (override random) -> {a.out}", flush=True)
-    summary = erase_classes(str(teacher_dir), [a.forget], "random", a.out, config, overwrite=True, progress=not a.quiet)
+    family = family_for(teacher_dir)
+    base = default_base(teacher_dir)
+    config = preset("class", "erase" if base else "single").replace(seed=a.seed)
+    start = f"the distilled one-step base {base} (stage 2; teacher {teacher_dir})" if base else f"{teacher_dir} (single stage)"
+    print(f"1/3 erasing class {a.forget} from {start}, override random -> {a.out}", flush=True)
+    summary = run_sfd(teacher_dir, a.out, config, forget=[a.forget], override="random", generator=str(base) if base else None,
+                      overwrite=True, progress=not a.quiet, evaluate=world_evaluator(family, teacher_dir, seed=config.seed,
+                                                                                       progress=not a.quiet), family=family)
     forget = tuple(summary["concepts"]["forget_ids"])
     print("2/3 evaluating the teacher (multi-step sampler) with the same seeds", flush=True)
-    teacher = load_class_pipeline(teacher_dir)
+    teacher = family.load(teacher_dir)
     before = evaluate_digits_model(teacher, forget, judge, 100, config.seed, progress=not a.quiet)
     print("3/3 before / after", flush=True)
     after = summary["metrics"]
@@ -271,37 +328,65 @@ def cmd_quickstart(a) -> int:
     per_img_e = after["sampling_seconds"] / 1000
     print(f"erase took {summary['erase_seconds']:.0f} s; one-step sampling is {per_img_t / per_img_e:.0f}x faster "
           f"than the teacher's sampler ({per_img_e * 1e3:.2f} vs {per_img_t * 1e3:.2f} ms/image)")
-    print(f"erased model written to {a.out} (model card: {a.out}/README.md)")
+    print(f"erased model written to {a.out} (model card: {a.out}/README.md); `sfd demo` shows it beside its teacher")
     return 0
 
 
 # ------------------------------------------------------------------------------------------- parser
+
+def _add_run_arguments(p, model_help: str) -> None:
+    """Options shared by `sfd erase` and `sfd distill`."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--out", required=True, help="output folder for the one-step model")
+    p.add_argument("--steps", type=_nonneg_int("--steps"), help="SFD iterations (default: the preset's)")
+    p.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--checkpoint-every", type=_nonneg_int("--checkpoint-every"), default=0,
+                   help="save a resumable training state in --out every N steps (0: only on Ctrl-C)")
+    p.add_argument("--resume", action="store_true", help="continue the run whose training state is in --out")
+    p.add_argument("--preset", choices=["class", "shapes", "sd"], help="hyperparameter preset (default: chosen from the model)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="dtype of the frozen teacher")
+    p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype the trained weights are stored in")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (.bin/.ckpt): only for files you trust")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sfd", description="Erase concepts from diffusion models with Score Forgetting Distillation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     e = sub.add_parser("erase", help="erase class(es) or concept(s) from a model; writes a one-step model folder")
-    e.add_argument("--model", required=True, help="teacher: a diffusers pipeline folder")
+    _add_run_arguments(e, "teacher: a diffusers pipeline folder (or hub id)")
     e.add_argument("--forget", required=True, action="append", help="class (index or name) or concept text to forget (repeatable)")
     e.add_argument("--override", default="random",
                    help="what replaces it: a class, or 'random' (class models, the default): each forget class goes to the "
                         "retained class the teacher finds nearest to it, chosen once per run; a text for text-to-image models")
-    e.add_argument("--out", required=True, help="output folder for the one-step model")
-    e.add_argument("--steps", type=_nonneg_int("--steps"), help="SFD iterations (default: the preset's)")
-    e.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
-    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    e.add_argument("--checkpoint-every", type=_nonneg_int("--checkpoint-every"), default=0,
-                   help="save a resumable training state in --out every N steps (0: only on Ctrl-C)")
-    e.add_argument("--resume", action="store_true", help="continue the run whose training state is in --out")
+    e.add_argument("--generator", help="one-step base to erase from (stage 2): a folder written by `sfd distill` or "
+                                       "`sfd import-base` (default: the world's bundled base, if any)")
+    e.add_argument("--single-stage", action="store_true",
+                   help="erase from the teacher alone, distilling and forgetting in one run (no one-step base)")
     e.add_argument("--retain-prompts", help="text models: file of retain prompts (.txt/.csv/.jsonl; default: built-in list)")
     e.add_argument("--negative-prompt", help="text models: replaces the unconditional branch of guidance")
-    e.add_argument("--preset", choices=["class", "shapes", "sd"], help="hyperparameter preset (default: chosen from the model)")
-    e.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="dtype of the frozen teacher")
-    e.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (.bin/.ckpt): only for files you trust")
-    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_erase)
+
+    di = sub.add_parser("distill", help="distil a teacher into a one-step base (SFD stage 1, no forgetting); erase from it later")
+    _add_run_arguments(di, "teacher: a diffusers pipeline folder (or hub id)")
+    di.add_argument("--retain-prompts", help="text models: file of prompts to distil on (default: the world's captions or a built-in list)")
+    di.add_argument("--negative-prompt", help="text models: replaces the unconditional branch of guidance")
+    di.set_defaults(func=cmd_distill)
+
+    ib = sub.add_parser("import-base", help="make a one-step UNet distilled elsewhere (SD-Turbo, DMD2, ...) a base for `sfd erase`")
+    ib.add_argument("--unet", required=True, help="the one-step UNet: a diffusers UNet folder, or a pipeline folder with unet/")
+    ib.add_argument("--teacher", required=True, help="the multi-step teacher it was distilled from (text encoder, VAE, schedule)")
+    ib.add_argument("--convention", choices=["sd-turbo", "sdxl-turbo", "dmd2"], help="how the UNet is called (see README)")
+    ib.add_argument("--timestep", type=float, help="or: the conditioning timestep the UNet is called at")
+    ib.add_argument("--input-scale", type=float, help="with --timestep: the UNet sees input_scale * z (default: SiD's noise level)")
+    ib.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], help="with --timestep (default: the teacher's)")
+    ib.add_argument("--out", required=True)
+    ib.add_argument("--overwrite", action="store_true")
+    ib.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
+    ib.set_defaults(func=cmd_import_base)
 
     s = sub.add_parser("sample", help="write PNG samples of a teacher or an erased model")
     s.add_argument("--model", required=True)

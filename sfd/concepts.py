@@ -64,6 +64,11 @@ class ClassForgetSpec:
             raise SFDError("cannot forget every class: at least one class must be retained")
         return cls(names, f, o, null_class)
 
+    @classmethod
+    def retain_all(cls, class_names, null_class: int | None = None) -> "ClassForgetSpec":
+        """No forget classes: every batch row is a retained class (stage-1 distillation, `sfd distill`)."""
+        return cls(tuple(class_names), (), None, null_class)
+
     @property
     def retained(self) -> tuple[int, ...]:
         return tuple(k for k in range(len(self.class_names)) if k not in self.forget)
@@ -79,7 +84,7 @@ class ClassForgetSpec:
         d = {
             "forget": [self.class_names[k] for k in self.forget],
             "forget_ids": list(self.forget),
-            "override": RANDOM if self.override is None else self.class_names[self.override],
+            "override": None if not self.forget else RANDOM if self.override is None else self.class_names[self.override],
             "retained": [self.class_names[k] for k in self.retained],
         }
         if self.random_targets is not None:
@@ -91,9 +96,15 @@ class ClassForgetSpec:
         return torch.tensor(pool)[torch.randint(len(pool), (n,), generator=gen)]
 
     def sample(self, n_retain: int, n_forget: int, gen: torch.Generator, device, for_fake_training: bool = False) -> ConditionBatch:
-        if self.override is None and self.random_targets is None:
+        if n_forget and not self.forget:
+            raise ValueError("this spec has no forget classes: draw batches with n_forget = 0")
+        if self.forget and self.override is None and self.random_targets is None:
             raise ValueError("override 'random' is resolved by the trainer (SFDTrainer) before batches are drawn")
         retain = self._pick(self.retained, n_retain, gen)
+        if not self.forget:
+            fake = teacher = retain.to(device)
+            uncond = None if self.null_class is None else {"class_labels": torch.full_like(fake, self.null_class)}
+            return ConditionBatch(Cond({"class_labels": fake}, uncond), Cond({"class_labels": teacher}, uncond), n_retain, 0)
         idx = torch.randint(len(self.forget), (n_forget,), generator=gen)
         forget = torch.tensor(self.forget)[idx]
         override = torch.full_like(forget, self.override) if self.override is not None else torch.tensor(self.random_targets)[idx]
@@ -133,6 +144,14 @@ class TextForgetSpec:
             raise SFDError(f"prompt dropout must lie in [0, 1), got {prompt_dropout}")
         return cls(concepts, override, pairs, retain, negative_prompt, prompt_dropout)
 
+    @classmethod
+    def retain_only(cls, retain_prompts, negative_prompt: str = "", prompt_dropout: float = 0.1) -> "TextForgetSpec":
+        """No forget concepts: plain distillation on the retain prompts (stage 1, `sfd distill`)."""
+        retain = tuple(dict.fromkeys(p for p in retain_prompts if p.strip()))
+        if not retain:
+            raise SFDError("no prompts to distil on")
+        return cls((), "", (), retain, negative_prompt, prompt_dropout)
+
     def describe(self) -> dict:
         return {
             "forget": list(self.concepts),
@@ -145,9 +164,9 @@ class TextForgetSpec:
 
     def encode(self, encode_fn) -> "TextConditions":
         """Embed every prompt once with the frozen text encoder; `encode_fn(list[str]) -> (n, tokens, dim)`."""
-        forget = encode_fn([p for p, _ in self.pairs])
-        override = encode_fn([o for _, o in self.pairs])
         retain = encode_fn(list(self.retain_prompts))
+        forget = encode_fn([p for p, _ in self.pairs]) if self.pairs else retain[:0]
+        override = encode_fn([o for _, o in self.pairs]) if self.pairs else retain[:0]
         empty, negative = encode_fn(["", self.negative_prompt]).chunk(2)
         return TextConditions(self, retain, forget, override, empty, negative)
 
@@ -159,12 +178,19 @@ class TextConditions:
         self.spec, self.retain, self.forget, self.override = spec, retain, forget, override
         self.empty, self.negative = empty, negative
 
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        return self.spec.concepts
+
+    def describe(self) -> dict:
+        return self.spec.describe()
+
     def to(self, device) -> "TextConditions":
         return TextConditions(self.spec, *(t.to(device) for t in (self.retain, self.forget, self.override, self.empty, self.negative)))
 
     def sample(self, n_retain: int, n_forget: int, gen: torch.Generator, device, for_fake_training: bool = False) -> ConditionBatch:
         r = torch.randint(len(self.retain), (n_retain,), generator=gen)
-        f = torch.randint(len(self.forget), (n_forget,), generator=gen)
+        f = torch.randint(len(self.forget), (n_forget,), generator=gen) if n_forget else torch.zeros(0, dtype=torch.long)
         fake = torch.cat([self.retain[r], self.forget[f]])
         teacher = torch.cat([self.retain[r], self.override[f]])
         if for_fake_training and self.spec.prompt_dropout > 0:

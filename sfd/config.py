@@ -32,13 +32,17 @@ class SFDConfig:
     guidance_fake_train: float = 1.0
     guidance_fake_eval: float = 1.0
     seed: int = 0
+    # Stage 2 (an erase from a one-step base): where the fake score starts, "teacher" (the official code) or "base"
+    # (the fake score `sfd distill` saved beside the base; DESIGN.md section 2.1).
+    fake_score_init: str = "teacher"
 
     def validate(self, num_train_timesteps: int | None = None) -> "SFDConfig":
         if self.steps < 0:
             raise SFDError(f"--steps must be >= 0, got {self.steps}")
-        for name in ("batch_retain", "batch_forget"):
-            if getattr(self, name) < 1:
-                raise SFDError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_retain < 1:
+            raise SFDError(f"batch_retain must be >= 1, got {self.batch_retain}")
+        if self.batch_forget < 0:
+            raise SFDError(f"batch_forget must be >= 0 (0: distillation without forgetting), got {self.batch_forget}")
         for name in ("lr_generator", "lr_fake"):
             if not getattr(self, name) > 0:
                 raise SFDError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -52,6 +56,8 @@ class SFDConfig:
             raise SFDError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.seed < 0:
             raise SFDError(f"--seed must be >= 0, got {self.seed}")
+        if self.fake_score_init not in ("teacher", "base"):
+            raise SFDError(f"fake_score_init must be 'teacher' or 'base', got {self.fake_score_init!r}")
         return self
 
     def to_json(self) -> str:
@@ -97,15 +103,45 @@ SD_PRESET = SFDConfig(
 SHAPES_PRESET = SD_PRESET.replace(steps=200, batch_retain=24, batch_forget=8, lr_generator=1e-4, lr_fake=1e-4, ema_decay=0.99,
                                   guidance_teacher=3.0, guidance_fake_train=3.0, guidance_fake_eval=3.0)
 
-PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET}
+# ---------------------------------------------------------------------------------------- two stages
+# Stage 1 (`sfd distill`): plain SiD, no forget rows. Stage 2 (`sfd erase --generator BASE`): SFD from a one-step
+# base. DESIGN.md section 2.1 and BENCHMARKS.md ("Two-stage SFD") have the measurements behind these numbers.
+
+# Digits, stage 1: the ten classes as retain rows, trained about as long as the teacher was.
+CLASS_DISTILL_PRESET = CLASS_PRESET.replace(steps=640, batch_retain=32, batch_forget=0)
+# Digits, stage 2: a gentle erase from a sharp base, keeping stage 1's fake score (DESIGN.md 2.1: lr x0.25 with
+# stage 1's fake score gave retained FD 1.38, with the teacher's 1.63).
+CLASS_STAGE2_PRESET = CLASS_PRESET.replace(lr_generator=1.5e-4, lr_fake=2.5e-4, fake_score_init="base")
+
+# Stable Diffusion 1.x/2.x, stage 1: SiD-LSG's settings (mingyuanzhou/SiD-LSG run_sid.sh, SD 1.5): lr 1e-6 for
+# both networks, guidance 2 in the teacher and in the fake score (training and evaluation), alpha 1, t_init 625,
+# batch 512 for 10M images (about 19,500 iterations); EMA half-life 0.05M images, i.e. a decay of 0.993 per
+# iteration of 512. This is a multi-GPU-day job; a public one-step model (`sfd import-base`) is the cheap road.
+SD_DISTILL_PRESET = SD_PRESET.replace(steps=19500, batch_retain=512, batch_forget=0, lr_generator=1e-6, lr_fake=1e-6,
+                                      ema_decay=0.993, guidance_teacher=2.0, guidance_fake_train=2.0, guidance_fake_eval=2.0)
+# Stable Diffusion, stage 2: the official SFD settings (SD/run_sfd.sh, which starts from SiD-LSG's distilled
+# generator and the teacher's fake score).
+SD_STAGE2_PRESET = SD_PRESET
+
+# The shapes world, stage 1 and stage 2.
+SHAPES_DISTILL_PRESET = SHAPES_PRESET.replace(steps=400, batch_retain=32, batch_forget=0)
+SHAPES_STAGE2_PRESET = SHAPES_PRESET.replace(steps=60)
+
+PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET}  # single-stage erasure
+STAGE_PRESETS = {
+    "single": PRESETS,
+    "distill": {"class": CLASS_DISTILL_PRESET, "sd": SD_DISTILL_PRESET, "shapes": SHAPES_DISTILL_PRESET},
+    "erase": {"class": CLASS_STAGE2_PRESET, "sd": SD_STAGE2_PRESET, "shapes": SHAPES_STAGE2_PRESET},
+}
+# Whether a single-stage erase with the preset converges. SD's stage-2 learning rates (1e-6 / 3e-6 for 2,000
+# iterations of batch 1+1, 4,000 images) cannot distil SD from the teacher alone, where SiD-LSG's stage 1 saw 8.4M.
+SINGLE_STAGE_OK = {"class": True, "shapes": True, "sd": False}
 
 
-def preset_for(model: str) -> str:
-    """The preset of a text-to-image model: a bundled world's own, else Stable Diffusion's."""
-    from .models import world_meta
-
+def preset(name: str, stage: str = "single") -> SFDConfig:
+    """The preset `name` ("class", "shapes", "sd") for a stage: "single" (erase from the teacher), "distill"
+    (stage 1) or "erase" (stage 2, from a one-step base)."""
     try:
-        world = world_meta(model).get("world")
-    except (OSError, ValueError):
-        world = None
-    return world if world in PRESETS else "sd"
+        return STAGE_PRESETS[stage][name]
+    except KeyError:
+        raise SFDError(f"no preset {name!r} for stage {stage!r}; presets: {', '.join(PRESETS)}") from None

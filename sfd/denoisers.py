@@ -33,6 +33,11 @@ class Denoiser(nn.Module):
         get = scheduler_config.get if isinstance(scheduler_config, dict) else lambda k, d=None: getattr(scheduler_config, k, d)
         return cls(unet, DiscreteVPSchedule.from_scheduler_config(scheduler_config), get("prediction_type", "epsilon"))
 
+    def _network(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        cond = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in cond.items()}
+        return self.unet(x_t.to(dtype), t, **cond, return_dict=False)[0].float()
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: dict) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
@@ -40,14 +45,24 @@ class Denoiser(nn.Module):
         s = sigma.view(-1, *([1] * (x.ndim - 1)))
         alpha = (1 + s**2).rsqrt()  # sqrt(abar_t)
         x_t = x * alpha
-        t = self.schedule.sigma_to_t(sigma)
-        dtype = next(self.unet.parameters()).dtype
-        cond = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in cond.items()}
-        out = self.unet(x_t.to(dtype), t, **cond, return_dict=False)[0].float()
+        out = self._network(x_t, self.schedule.sigma_to_t(sigma), cond)
         if self.prediction_type == "epsilon":
             return x - s * out
         if self.prediction_type == "v_prediction":
             # x0 = sqrt(abar) x_t - sqrt(1 - abar) v, with sqrt(1 - abar) = sigma * sqrt(abar)
+            return alpha * x_t - s * alpha * out
+        return out
+
+    def at_timestep(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        """x0 from the network's own VP input x_t at timestep(s) t, in closed form (as a DDPM/LCM scheduler step
+        computes it, without clamping). How one-step models made elsewhere are called (`sfd.generators`)."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
+        s = self.schedule.sigma_at_timestep(t).to(x_t.device).view(-1, *([1] * (x_t.ndim - 1)))
+        alpha = (1 + s**2).rsqrt()
+        out = self._network(x_t, t, cond)
+        if self.prediction_type == "epsilon":
+            return x_t / alpha - s * out
+        if self.prediction_type == "v_prediction":
             return alpha * x_t - s * alpha * out
         return out
 

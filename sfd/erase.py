@@ -1,28 +1,40 @@
-"""`sfd erase` for label-conditional models: load the teacher, run SFD, save a one-step pipeline folder."""
+"""`sfd erase` and `sfd distill`, written once for every model family (DESIGN.md sections 2, 2.1 and 3).
+
+Both load a teacher through its family, build the trainer's roles, run the same SFD loop and save a one-step
+pipeline folder with a model card:
+- `distill` (stage 1): plain SiD, no forget concepts; the folder also holds the fake score (`fake_score/`),
+  so that an erase from it can start its fake score there;
+- `erase` (stage 2 with `generator=`, a one-step base; single-stage without): SiD with SFD's forgetting loss.
+World metrics are computed by an `evaluate(pipe, concepts)` callable that the caller passes in (the CLI takes
+it from `evaluators.world_metrics`; its `notes` attribute defines the metrics in the model card), so this module
+does not reach up into the evaluators.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
 from . import __version__
-from .concepts import ClassForgetSpec
-from .config import CLASS_PRESET, SFDConfig
+from .config import SFDConfig
 from .errors import SFDError
+from .families import ModelFamily, family_for
+from .generators import OneStepConvention
 from .model_card import model_card
-from .models import checkpoints_dir, load_class_pipeline, world_meta
+from .models import model_identity, quiet_diffusers, world_meta
 from .outputs import check_output_dir, staged_dir
+from .roles import FullRoles
 from .trainer import DivergenceError, SFDTrainer, read_state, save_state_atomic
 
 SFD_CONFIG_NAME = "sfd_config.json"
 STATE_NAME = "training_state.safetensors"
-CLASS_METRIC_NOTES = (
-    "Judge: the world's classifier; accuracy of class k = share of samples generated for k that the judge assigns to k; "
-    "FD = Frechet distance in judge features between retained-class samples and real images of those classes."
-)
+FAKE_SCORE_DIR = "fake_score"  # stage 1's fake score, beside the one-step pipeline's own folders
+
+Evaluate = Callable[[object, dict], "dict | None"]
 
 
 def prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
@@ -37,14 +49,15 @@ def prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
     return check_output_dir(out, overwrite)
 
 
-def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, checkpoint_every: int, progress: bool) -> dict:
+def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, checkpoint_every: int, progress: bool,
+                 desc: str = "sfd erase") -> dict:
     """Train with periodic atomic checkpoints in `out`, resuming from one if asked; returns trainer.train's result."""
     state_path = out / STATE_NAME
     resumed_from = 0
     if resume:
         tensors, meta = read_state(state_path)
         if meta.get("identity") != identity:
-            raise SFDError(f"the training state in {out} belongs to another run (base model or concepts differ)")
+            raise SFDError(f"the training state in {out} belongs to another run (base model, generator or concepts differ)")
         saved = {k: v for k, v in meta.get("config", {}).items() if k != "steps"}
         now = {k: v for k, v in json.loads(trainer.config.to_json()).items() if k != "steps"}
         if saved != now:
@@ -65,7 +78,7 @@ def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, c
             save(tr)
 
     try:
-        run = trainer.train(progress=progress, callback=periodic, checkpoint=save)
+        run = trainer.train(progress=progress, callback=periodic, checkpoint=save, desc=desc)
     except DivergenceError as e:
         where = f"last good state: {state_path}" if state_path.is_file() else "no state was saved (use --checkpoint-every N)"
         raise DivergenceError(f"{e}; {where}") from None
@@ -78,133 +91,56 @@ def software_versions() -> dict:
     return {"sfd": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-def default_judge(meta: dict) -> Path | None:
-    """The judge bundled with a world (checkpoints/<world>/judge), if present."""
-    world = meta.get("world")
-    p = checkpoints_dir() / world / "judge" if world else None
-    return p if p is not None and p.is_dir() else None
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def evaluate_digits_model(pipe, forget: tuple[int, ...], judge_path: Path, n_per_class: int, seed: int, progress: bool, **call_kwargs) -> dict:
-    from evaluators.class_eval import evaluate_classes
-    from evaluators.classifier import ConvJudge
-
-    from .worlds.digits import load_digits_tensors
-
-    judge = ConvJudge.from_pretrained(judge_path)
-    x, y = load_digits_tensors()
-    return evaluate_classes(pipe, judge, x, y, n_per_class=n_per_class, seed=seed, forget=forget, progress=progress, **call_kwargs)
+def _cast(dtype_name: str, *modules: torch.nn.Module) -> None:
+    """Cast the trained networks to the storage dtype for saving (the bundled bases are fp16)."""
+    for m in modules:
+        m.to(SAVE_DTYPES[dtype_name])
 
 
-def erase_classes(
+def load_fake_score(base_path: str, like: torch.nn.Module) -> torch.nn.Module | None:
+    """Stage 1's fake score saved beside a one-step base (None if the base has none)."""
+    folder = Path(base_path) / FAKE_SCORE_DIR
+    if not folder.is_dir():
+        return None
+    try:
+        with quiet_diffusers():
+            net = type(like).from_pretrained(str(folder), use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise SFDError(f"could not load the fake score in {folder}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+    return net.float()
+
+
+def run_identity(model: str, concepts: dict, generator: str | None = None) -> dict:
+    """What a run was asked to do; a resume must ask the same (its settings are compared separately)."""
+    return {"base_model": str(model), "concepts": concepts, "generator": generator}
+
+
+def default_base(model: str) -> Path | None:
+    """The distilled base bundled beside a world's teacher (<world>/onestep next to <world>/teacher), if it was
+    distilled from this very teacher (its recorded weights fingerprint matches)."""
+    teacher = Path(model)
+    candidate = teacher.parent / "onestep"
+    cfg = candidate / SFD_CONFIG_NAME
+    if not teacher.is_dir() or not cfg.is_file():
+        return None
+    try:
+        recorded = json.loads(cfg.read_text()).get("teacher_fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return candidate if recorded is not None and recorded == model_identity(str(teacher / "unet")) else None
+
+
+def run_sfd(
     model: str,
-    forget: list[str],
-    override: str,
-    out: str,
-    config: SFDConfig = CLASS_PRESET,
-    overwrite: bool = False,
-    device: str = "cpu",
-    progress: bool = True,
-    eval_n_per_class: int = 100,
-    resume: bool = False,
-    checkpoint_every: int = 0,
-) -> dict:
-    """Erase class(es) from a class-conditional teacher folder; returns a summary dict (also in the model card)."""
-    from pipelines import ClassConditionalPipeline, OneStepClassPipeline
-
-    out_path = prepare_out(out, overwrite, resume)
-    t_start = time.perf_counter()
-    pipe = load_class_pipeline(model, device)
-    if not isinstance(pipe, ClassConditionalPipeline):
-        raise SFDError(f"{model} is already a one-step generator; erase from the multi-step teacher it was distilled from")
-    spec = ClassForgetSpec.parse(pipe.config.class_names, forget, override, null_class=pipe.null_class)
-    config = config.resolved(pipe.config.default_guidance_scale if pipe.null_class is not None else 1.0)
-    config.validate(pipe.scheduler.config.num_train_timesteps)
-    trainer = SFDTrainer(pipe.denoiser, spec, config, device)
-    identity = {"base_model": str(model), "concepts": spec.describe()}  # what was asked; a resume must ask the same
-    spec = trainer.spec  # override "random" resolved to a retained class per forget class (seeded)
-    run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress)
-    if not trainer.is_main:
-        return {}
-    result = OneStepClassPipeline(unet=trainer.ema_unet(), scheduler=pipe.scheduler, t_init=config.t_init, class_names=pipe.config.class_names)
-    train_seconds = time.perf_counter() - t_start
-
-    meta = world_meta(model)
-    judge = default_judge(meta)
-    metrics = None
-    if judge is not None and eval_n_per_class > 0:
-        metrics = evaluate_digits_model(result, spec.forget, judge, eval_n_per_class, seed=config.seed, progress=progress)
-    summary = {
-        "base_model": str(model),
-        "concepts": spec.describe(),
-        "config": json.loads(config.to_json()),
-        "erase_seconds": train_seconds,
-        "resumed_from_step": run["resumed_from_step"],
-        "final_losses": run["losses"],
-        "metrics": metrics,
-        "judge": str(judge) if judge else None,
-        "versions": software_versions(),
-    }
-    with staged_dir(out_path) as tmp:
-        result.save_pretrained(tmp, safe_serialization=True)
-        (tmp / SFD_CONFIG_NAME).write_text(json.dumps(summary, indent=2))
-        if meta:
-            (tmp / "sfd_world.json").write_text(json.dumps({**meta, "base_model": str(model)}, indent=2))
-        (tmp / "README.md").write_text(
-            model_card("class", str(model), spec.describe(), summary["config"], train_seconds, metrics, summary["versions"], CLASS_METRIC_NOTES)
-        )
-    return summary
-
-
-TEXT_METRIC_NOTES = (
-    "Judge: CLIP zero-shot detection of each concept against its contrast concepts; rates are shares of images "
-    "generated from the prompts named; CLIP score = 100 * cosine(image, prompt), clamped at 0."
-)
-
-
-def _torch_dtype(name: str | None, device: str):
-    if name in (None, "auto"):
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if name not in table:
-        raise SFDError(f"unknown dtype {name!r}; expected fp32, bf16 or fp16")
-    return table[name]
-
-
-def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, progress: bool) -> dict:
-    """The erased model's shapes-world metrics beside the teacher's (same prompts and seeds)."""
-    from evaluators.shapes_eval import compare_to_teacher, erasure_metrics
-
-    from .models import load_text_pipeline
-
-    teacher = load_text_pipeline(teacher_path, device)
-    meta = world_meta(teacher_path)
-    steps, guidance = meta.get("default_num_inference_steps"), meta.get("default_guidance_scale")
-    kw = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
-    before = erasure_metrics(teacher, concepts, seed=seed, progress=progress, **kw)
-    after = erasure_metrics(erased, concepts, seed=seed, progress=progress)
-    return {**{k: v for k, v in after.items() if isinstance(v, float)}, **compare_to_teacher(after, before),
-            "teacher": {k: v for k, v in before.items() if isinstance(v, float)}}
-
-
-def world_prompts(meta: dict) -> list[str] | None:
-    """All captions of a bundled world (its forget candidates and retain prompts), or None for other models."""
-    if meta.get("world") == "shapes":
-        from .worlds import shapes
-
-        return [shapes.caption(c, s, t) for t in range(len(shapes.TEMPLATES))
-                for c in range(len(shapes.COLOURS)) for s in range(len(shapes.SHAPES))]
-    return None
-
-
-def erase_text(
-    model: str,
-    forget: list[str],
-    override: str,
     out: str,
     config: SFDConfig,
-    retain_prompts: str | None = None,
+    forget: Sequence[str] = (),
+    override: str | None = None,
+    generator: str | None = None,
+    retain_prompts: Sequence[str] | None = None,
     negative_prompt: str = "",
     overwrite: bool = False,
     device: str = "cpu",
@@ -212,67 +148,90 @@ def erase_text(
     allow_pickle: bool = False,
     frozen_dtype: str | None = None,
     gradient_checkpointing: bool | None = None,
-    evaluate: bool = True,
     resume: bool = False,
     checkpoint_every: int = 0,
+    save_dtype: str = "fp32",
+    evaluate: Evaluate | None = None,
+    family: ModelFamily | None = None,
 ) -> dict:
-    """Erase text concept(s) from a Stable-Diffusion-style teacher; writes a `OneStepTextPipeline` folder."""
-    from diffusers import StableDiffusionPipeline
+    """Distil (no `forget`) or erase (`forget` concepts replaced by `override`) and save a one-step pipeline folder.
 
-    from pipelines import OneStepTextPipeline
-    from pipelines.text_to_image import encode_prompts
-
-    from .concepts import TextForgetSpec
-    from .denoisers import Denoiser
-    from .models import load_text_pipeline
-    from .prompts import RETAIN_PROMPTS, read_prompt_file
-
+    `generator`: a one-step base to start the generator from (stage 2); its fake score (`fake_score/`) starts the
+    fake score when `config.fake_score_init == "base"`. Returns the summary written to sfd_config.json ({} on the
+    non-main processes of a multi-process run).
+    """
+    stage = "erase" if forget else "distill"
+    if save_dtype not in SAVE_DTYPES:
+        raise SFDError(f"unknown save dtype {save_dtype!r}; expected one of {', '.join(SAVE_DTYPES)}")
     out_path = prepare_out(out, overwrite, resume)
-    retain_file = read_prompt_file(retain_prompts) if retain_prompts else None
     t_start = time.perf_counter()
-    pipe = load_text_pipeline(model, device, allow_pickle=allow_pickle)
-    if not isinstance(pipe, StableDiffusionPipeline):
-        raise SFDError(f"{model} is already a one-step generator; erase from the multi-step teacher it was distilled from")
+    family = family or family_for(model)
+    teacher_pipe = family.load(model, device, allow_pickle=allow_pickle)
+    if family.is_one_step(teacher_pipe):
+        raise SFDError(f"{model} is already a one-step generator; {stage} from the multi-step teacher it was distilled from"
+                       + (" (and pass the one-step model as --generator)" if stage == "erase" else ""))
     meta = world_meta(model) if Path(model).is_dir() else {}
-    captions = world_prompts(meta)
-    spec = TextForgetSpec.build(forget, override, retain_file or captions or list(RETAIN_PROMPTS), candidates=captions,
-                                negative_prompt=negative_prompt)
-    config = config.resolved(1.0)
-    config.validate(pipe.scheduler.config.num_train_timesteps)
-    conditions = spec.encode(lambda prompts: encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, device))
-    teacher = Denoiser.from_unet_and_scheduler_config(pipe.unet, pipe.scheduler.config)
-    big = sum(p.numel() for p in pipe.unet.parameters()) > 100e6
-    trainer = SFDTrainer(
-        teacher, conditions, config, device,
-        frozen_dtype=_torch_dtype(frozen_dtype, device),
-        gradient_checkpointing=big if gradient_checkpointing is None else gradient_checkpointing,
-        autocast_dtype=torch.bfloat16 if str(device).startswith("cuda") else None,
-    )
-    identity = {"base_model": str(model), "concepts": spec.describe()}
-    run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress)
+    spec = family.conditions(teacher_pipe, list(forget), override, retain_prompts=retain_prompts,
+                             negative_prompt=negative_prompt, world_meta=meta, device=device)
+    config = config.resolved(family.default_teacher_guidance(teacher_pipe))
+    if stage == "distill":
+        config = config.replace(batch_forget=0)
+    elif config.batch_forget < 1:
+        raise SFDError("batch_forget must be >= 1 to erase")
+    num_timesteps = teacher_pipe.scheduler.config.num_train_timesteps
+    config.validate(num_timesteps)
+
+    generator_init = fake_init = None
+    convention = OneStepConvention(config.t_init)
+    fake_source = "teacher"
+    if generator is not None:
+        base_pipe = family.load(generator, device, allow_pickle=allow_pickle)
+        family.check_base(teacher_pipe, base_pipe, generator)
+        convention = OneStepConvention.from_config(base_pipe.config).validate(num_timesteps)
+        generator_init = base_pipe.unet
+        if config.fake_score_init == "base":
+            fake_init = load_fake_score(generator, teacher_pipe.unet)
+            fake_source = "base" if fake_init is not None else "teacher (the base has no fake_score/)"
+    teacher = family.teacher_denoiser(teacher_pipe)
+    opts = family.training_options(teacher_pipe, device, frozen_dtype, gradient_checkpointing)
+    roles = FullRoles(teacher, convention, device, generator_init=generator_init, fake_init=fake_init,
+                      frozen_dtype=opts.get("frozen_dtype"), gradient_checkpointing=opts.get("gradient_checkpointing", False))
+    trainer = SFDTrainer(roles, spec, config, device, autocast_dtype=opts.get("autocast_dtype"),
+                         latent_shape=family.latent_shape(teacher_pipe))
+    identity = run_identity(model, spec.describe(), generator)
+    run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress, desc=f"sfd {stage}")
     if not trainer.is_main:
         return {}
-    result = OneStepTextPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                 unet=trainer.ema_unet(), scheduler=pipe.scheduler, t_init=config.t_init)
-    erase_seconds = time.perf_counter() - t_start
-    metrics = None
-    if evaluate and meta.get("world") == "shapes":
-        metrics = shapes_metrics(model, result, spec.concepts, config.seed, device, progress)
+    result = family.one_step_pipeline_from(teacher_pipe, trainer.ema_unet(), convention)
+    train_seconds = time.perf_counter() - t_start
+    concepts = trainer.spec.describe()  # a class override "random" is resolved by the trainer
+    metrics = evaluate(result, concepts) if evaluate is not None else None
     summary = {
+        "stage": stage if stage == "distill" else "erase-stage-2" if generator is not None else "erase-single-stage",
+        "family": family.name,
         "base_model": str(model),
-        "concepts": spec.describe(),
+        "teacher_fingerprint": model_identity(str(Path(model) / "unet")) if Path(model).is_dir() else None,
+        "generator_base": generator,
+        "fake_score_init": fake_source,
+        "one_step_convention": convention.describe(),
+        "concepts": concepts,
         "config": json.loads(config.to_json()),
-        "erase_seconds": erase_seconds,
+        "erase_seconds": train_seconds,
         "resumed_from_step": run["resumed_from_step"],
         "final_losses": run["losses"],
         "metrics": metrics,
         "versions": software_versions(),
     }
+    fake = roles.export_fake() if stage == "distill" else None
     with staged_dir(out_path) as tmp:
-        result.save_pretrained(tmp, safe_serialization=True)
+        _cast(save_dtype, result.unet, *([fake] if fake is not None else []))
+        with quiet_diffusers():
+            result.save_pretrained(tmp, safe_serialization=True)
+            if fake is not None:
+                fake.save_pretrained(tmp / FAKE_SCORE_DIR, safe_serialization=True)
+        result.unet.float()
         (tmp / SFD_CONFIG_NAME).write_text(json.dumps(summary, indent=2))
         if meta:
             (tmp / "sfd_world.json").write_text(json.dumps({**meta, "base_model": str(model)}, indent=2))
-        (tmp / "README.md").write_text(model_card("text", str(model), spec.describe(), summary["config"], erase_seconds, metrics,
-                                                  summary["versions"], TEXT_METRIC_NOTES))
+        (tmp / "README.md").write_text(model_card(family, summary, train_seconds, getattr(evaluate, "notes", "")))
     return summary

@@ -40,9 +40,10 @@ def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return sigma.view(-1, *([1] * (x.ndim - 1)))
 
 
-def generate(generator: Denoiser, z: torch.Tensor, sigma_init: float, cond: Cond) -> torch.Tensor:
-    """One-step generator x_g = D_theta(sigma_init * z, sigma_init, c) (SiD; SFD section 3)."""
-    return generator(sigma_init * z, sigma_init, cond.cond)
+def generate(generator, z: torch.Tensor, cond: Cond) -> torch.Tensor:
+    """One-step generator x_g = G_theta(z, c) (SiD's D_theta(sigma_init z, sigma_init, c); SFD section 3);
+    `generator` is a `sfd.generators.OneStepGenerator`, which knows how its network is called."""
+    return generator(z, cond.cond)
 
 
 def fake_score_loss(fake: Denoiser, x_g: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, cond: Cond, guidance: float = 1.0) -> torch.Tensor:

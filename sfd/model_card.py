@@ -1,4 +1,4 @@
-"""Model cards (README.md) for erased models: what was erased, from what, how, and with what result."""
+"""Model cards (README.md) for the folders `sfd erase` and `sfd distill` write: what, from what, how, with what result."""
 
 from __future__ import annotations
 
@@ -11,55 +11,54 @@ def _table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-_USAGE = {
-    "class": [
-        "```python",
-        "from pipelines import OneStepClassPipeline",
-        "pipe = OneStepClassPipeline.from_pretrained(PATH)",
-        "images = pipe([0, 1, 2], output_type='pil').images",
-        "```",
-        "or `sfd sample --model PATH --class 2 --n 16 --out samples/`.",
-    ],
-    "text": [
-        "```python",
-        "from pipelines import OneStepTextPipeline",
-        "pipe = OneStepTextPipeline.from_pretrained(PATH)",
-        "images = pipe(['a photo of a dog'], output_type='pil').images",
-        "```",
-        "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`.",
-    ],
-}
-
-
-def model_card(kind: str, base_model: str, concepts: dict, config: dict, wall_seconds: float, metrics: dict | None, versions: dict,
-               metric_notes: str = "") -> str:
-    """README.md for an erased model; `kind` is 'class' or 'text'."""
-    forget = ", ".join(concepts["forget"])
+def _what(summary: dict, kind: str) -> tuple[str, str]:
+    """(title, first paragraph) of the card."""
+    base, concepts = summary["base_model"], summary["concepts"]
+    if summary["stage"] == "distill":
+        return (f"One-step generator distilled from {base} (SFD stage 1)",
+                f"Distilled by Score identity Distillation from `{base}` with no concept erased: one network evaluation per "
+                "image. It is a base for `sfd erase --generator PATH`, which erases concepts from it in minutes; the fake "
+                "score of the distillation is in `fake_score/`.")
     what = "class(es)" if kind == "class" else "concept(s)"
-    shown = {k: v for k, v in concepts.items() if k not in ("forget_ids", "override_prompts")}
+    title = f"One-step generator with {what} {', '.join(concepts['forget'])} erased (SFD)"
+    start = f" from the one-step base `{summary['generator_base']}`" if summary.get("generator_base") else ""
+    text = ("Distilled by Score Forgetting Distillation (Chen, Zhang & Zhou, ICLR 2025) from "
+            f"`{base}`{start}: one network evaluation per image; what asks for a forgotten "
+            f"{kind if kind == 'class' else 'concept'} is generated as override `{concepts['override']}` instead"
+            + (f" (the retained class nearest to it: {concepts['override_chosen']})." if "override_chosen" in concepts else "."))
+    return title, text
+
+
+def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "") -> str:
+    """README.md for a one-step model folder; `family` is its `sfd.families.ModelFamily`."""
+    kind = family.condition_kind
+    title, text = _what(summary, kind)
+    shown = {k: v for k, v in summary["concepts"].items() if k not in ("forget_ids", "override_prompts")}
+    setup = {"base model": summary["base_model"], "family": family.description, "stage": summary["stage"]}
+    if summary.get("generator_base"):
+        setup.update({"generator started from": summary["generator_base"], "fake score started from": summary["fake_score_init"]})
+    setup["one-step convention"] = summary["one_step_convention"]
     parts = [
         "---",
         "library_name: diffusers",
         "tags: [sfd, concept-erasure, machine-unlearning, one-step]",
         "---",
-        f"# One-step generator with {what} {forget} erased (SFD)",
+        f"# {title}",
         "",
-        "Distilled by Score Forgetting Distillation (Chen, Zhang & Zhou, ICLR 2025) from "
-        f"`{base_model}`: one network evaluation per image; what asks for a forgotten {kind if kind == 'class' else 'concept'} "
-        f"is generated as override `{concepts['override']}` instead"
-        + (f" (the retained class nearest to it: {concepts['override_chosen']})." if "override_chosen" in concepts else "."),
+        text,
         "",
         "## Use",
-        *_USAGE[kind],
+        *family.usage(),
         "",
-        "## Erasure",
-        _table({"base model": base_model, **shown}),
+        "## Erasure" if summary["stage"] != "distill" else "## Distillation",
+        _table({**setup, **shown}),
         "",
         "## Hyperparameters",
-        _table(config),
+        _table(summary["config"]),
         "",
-        f"Wall time of the erase run: {wall_seconds:.1f} s. Software: {', '.join(f'{k} {v}' for k, v in versions.items())}.",
+        f"Wall time of the run: {wall_seconds:.1f} s. Software: {', '.join(f'{k} {v}' for k, v in summary['versions'].items())}.",
     ]
+    metrics = summary.get("metrics")
     if metrics:
         nested = {k: v for k, v in metrics.items() if isinstance(v, dict)}
         parts += ["", "## Final metrics", metric_notes, "", _table({k: v for k, v in metrics.items() if k not in nested})]

@@ -13,7 +13,6 @@ from pathlib import Path
 from .errors import SFDError
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
-CLASS_PIPELINES = ("ClassConditionalPipeline", "OneStepClassPipeline")
 
 
 def repo_root() -> Path:
@@ -60,7 +59,7 @@ def model_kind(path: str | Path) -> str:
     return read_model_index(path).get("_class_name", "")
 
 
-def _quiet_loading() -> None:
+def quiet_loading() -> None:
     """diffusers draws a progress bar per component load; our commands have their own."""
     from diffusers.utils import logging
 
@@ -82,32 +81,15 @@ def quiet_diffusers():
 
 def load_class_pipeline(path: str | Path, device: str = "cpu"):
     """Load a class-conditional teacher or one-step generator folder."""
-    from pipelines import ClassConditionalPipeline, OneStepClassPipeline
+    from .families.class_unet import ClassUNetFamily
 
-    _quiet_loading()
-    kind = model_kind(path)
-    check_weights_are_safe(path)
-    classes = {"ClassConditionalPipeline": ClassConditionalPipeline, "OneStepClassPipeline": OneStepClassPipeline}
-    if kind not in classes:
-        raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected a class-conditional model ({', '.join(classes)})")
-    try:
-        pipe = classes[kind].from_pretrained(str(path), use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise SFDError(f"could not load {path}: {first}") from None
-    import torch
-
-    with quiet_diffusers():  # weights may be stored in fp16; sampling and training run in fp32
-        return pipe.to(device, torch.float32)
+    return ClassUNetFamily().load(str(path), device)
 
 
 def world_meta(path: str | Path) -> dict:
     """sfd_world.json of a teacher, or of the teacher an erased model came from ({} if none)."""
     p = Path(path) / "sfd_world.json"
     return json.loads(p.read_text()) if p.is_file() else {}
-
-
-TEXT_PIPELINES = ("StableDiffusionPipeline", "OneStepTextPipeline")
 
 
 def hub_offline() -> bool:
@@ -126,33 +108,29 @@ def load_text_pipeline(path: str, device: str = "cpu", dtype=None, allow_pickle:
 
     Weights must be safetensors unless `allow_pickle`; no remote code is ever run.
     """
-    import torch
-    from diffusers import StableDiffusionPipeline
+    from .families.sd import StableDiffusionFamily
 
-    from pipelines import OneStepTextPipeline
+    return StableDiffusionFamily().load(path, device, allow_pickle=allow_pickle, dtype=dtype)
 
-    _quiet_loading()
-    dtype = dtype or torch.float32
+
+def model_identity(path: str) -> dict | None:
+    """A cheap fingerprint of a model folder's weights: per safetensors file, its size and a hash of its first and
+    last MiB (the header and tensor data). Resuming an audit after the weights changed in place is refused;
+    copying a folder does not change it."""
+    import hashlib
+    import os
+
     p = Path(path)
-    if p.is_file():
-        if p.suffix in PICKLE_SUFFIXES and not allow_pickle:
-            raise SFDError(f"{path} is a pickled checkpoint; pickle can run code when loaded. Use a safetensors file, or pass --allow-pickle if you trust it")
-        raise SFDError(f"{path} is a single-file checkpoint; convert it to a diffusers folder first "
-                       "(diffusers' StableDiffusionPipeline.from_single_file(...).save_pretrained(DIR))")
-    kind = "StableDiffusionPipeline"
-    if is_hub_id(path) and hub_offline():
-        raise SFDError(f"model path {path!r} does not exist locally, and hub downloads are off (HF_HUB_OFFLINE=1)")
-    if not is_hub_id(path):
-        kind = model_kind(path)
-        check_weights_are_safe(path, allow_pickle)
-        if kind not in TEXT_PIPELINES:
-            raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected a Stable Diffusion 1.x/2.x folder or an SFD one-step model")
-    cls = OneStepTextPipeline if kind == "OneStepTextPipeline" else StableDiffusionPipeline
-    extra = {} if cls is OneStepTextPipeline else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    try:
-        pipe = cls.from_pretrained(path, dtype=dtype, use_safetensors=not allow_pickle, **extra)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise SFDError(f"could not load {path}: {first}") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if not p.is_dir():
+        return None
+    ident = {}
+    for f in sorted(p.rglob("*.safetensors")):
+        size = f.stat().st_size
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 1 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+        ident[str(f.relative_to(p))] = {"bytes": size, "sha256_head_tail": h.hexdigest()}
+    return ident

@@ -5,13 +5,13 @@ Rules (DESIGN.md section 2):
   "a photo of {}" filled with the concept;
 - the override prompt of a forget prompt is the same text with every case-insensitive occurrence of the
   concept (as a whole word or phrase) replaced by the override text;
-- retain prompts come from a file or a built-in list and must not mention a forgotten concept.
+- retain prompts come from a file (`evaluators.prompt_sets.read_prompt_file`) or a built-in list and must not
+  mention a forgotten concept.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from .errors import SFDError
 
@@ -86,10 +86,3 @@ def forget_prompt_pairs(concepts: list[str], override: str, candidates: list[str
         prompts = found or [t.format(concept) for t in templates]
         pairs += [(p, replace_concept(p, concept, override)) for p in prompts]
     return list(dict.fromkeys(pairs))
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts of a .txt, .csv (a 'prompt' column) or .jsonl file; the formats of `evaluators.prompt_sets`."""
-    from evaluators.prompt_sets import load_prompt_set
-
-    return load_prompt_set(path).prompts

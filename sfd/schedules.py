@@ -58,6 +58,17 @@ class DiscreteVPSchedule:
         t = torch.as_tensor(t, dtype=torch.long)
         return self.sigmas.to(t.device)[t]
 
+    def sigma_at_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma of continuous timestep(s) t: log-sigma interpolated between the discrete steps (the inverse of
+        `sigma_to_t`); exactly `sigma_at(t)` at integer t."""
+        t = torch.as_tensor(t, dtype=torch.float32).clamp(0, self.num_train_timesteps - 1)
+        lo = t.floor().long().clamp(max=self.num_train_timesteps - 2)
+        w = t - lo.to(torch.float32)
+        sigmas, log_sigmas = self.sigmas.to(t.device), self.log_sigmas.to(t.device)
+        interp = ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
+        exact = sigmas[t.round().long()]
+        return torch.where(t == t.round(), exact, interp)
+
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Continuous timestep for sigma, interpolating log-sigma between the discrete steps (as k-diffusion does)."""
         log_sigmas = self.log_sigmas.to(sigma.device)

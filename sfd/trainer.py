@@ -11,7 +11,6 @@ compute the same update as one process with the whole batch (up to the order of 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -27,14 +26,18 @@ from .config import SFDConfig
 from .denoisers import Denoiser
 from .ema import EMA
 from .errors import DivergenceError, Interrupted, SFDError
+from .generators import OneStepConvention
 from .losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
+from .roles import FullRoles
 
 STATE_FORMAT = "sfd-training-state-1"
 
 
 def _split_weighted(per_sample: torch.Tensor, batch: ConditionBatch, w_retain: float, w_forget: float) -> tuple[torch.Tensor, dict]:
-    """The one place where retain and forget terms are named and weighted."""
+    """The one place where retain and forget terms are named and weighted (no forget rows: plain SiD, stage 1)."""
     retain, forget = per_sample.split([batch.n_retain, batch.n_forget])
+    if batch.n_forget == 0:
+        return w_retain * retain.mean(), {"retain": retain.mean().item()}
     total = w_retain * retain.mean() + w_forget * forget.mean()
     return total, {"retain": retain.mean().item(), "forget": forget.mean().item()}
 
@@ -53,23 +56,30 @@ def _rows(x: torch.Tensor | dict | None, idx: torch.Tensor):
 
 
 class SFDTrainer:
-    """Distils `teacher` into a one-step generator while aligning its forget-concept score with the override's."""
+    """Distils the teacher into a one-step generator while aligning its forget-concept score with the override's.
+
+    With no forget rows (`config.batch_forget = 0`, a spec without forget concepts) this is plain SiD: the
+    stage-1 distillation of `sfd distill`.
+    """
 
     def __init__(
         self,
-        teacher: Denoiser,
+        roles: FullRoles | Denoiser,
         spec,
         config: SFDConfig,
         device: str | torch.device = "cpu",
         frozen_dtype: torch.dtype | None = None,
         gradient_checkpointing: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        latent_shape: tuple[int, ...] | None = None,
     ):
-        """`spec.sample(n_retain, n_forget, rng, device, for_fake_training)` yields the condition batches.
+        """`roles`: the teacher, fake score and generator (`sfd.roles`); a plain teacher `Denoiser` means full copies
+        of it with SiD's generator at `config.t_init`. `spec.sample(n_retain, n_forget, rng, device,
+        for_fake_training)` yields the condition batches.
 
-        Memory options for Stable-Diffusion-sized UNets: `frozen_dtype` (bf16/fp16) for the teacher only,
-        after the trainable copies are taken in fp32; `gradient_checkpointing` for generator and fake score;
-        `autocast_dtype` (bf16) for their forward passes.
+        Memory options for Stable-Diffusion-sized UNets, used when the roles are built here: `frozen_dtype`
+        (bf16/fp16) for the teacher only, after the trainable copies are taken in fp32; `gradient_checkpointing`
+        for generator and fake score. `autocast_dtype` (bf16) for all forward passes.
         """
         if config.guidance_teacher is None:
             raise ValueError("config.guidance_teacher must be resolved (SFDConfig.resolved) before training")
@@ -81,33 +91,27 @@ class SFDTrainer:
         for name in ("batch_retain", "batch_forget"):
             if getattr(config, name) % self.world:
                 raise SFDError(f"{name}={getattr(config, name)} is not divisible by the {self.world} processes")
-        # Generator and fake score start as full-precision copies of the teacher.
-        self.generator = copy.deepcopy(teacher).float().to(self.device).requires_grad_(True)
-        self.fake = copy.deepcopy(teacher).float().to(self.device).requires_grad_(True)
-        self.teacher = teacher.to(self.device, dtype=frozen_dtype).eval().requires_grad_(False)
-        if gradient_checkpointing:
-            for d in (self.generator, self.fake):
-                d.unet.enable_gradient_checkpointing()
+        if isinstance(roles, Denoiser):
+            roles = FullRoles(roles, OneStepConvention(config.t_init), self.device, frozen_dtype=frozen_dtype,
+                              gradient_checkpointing=gradient_checkpointing)
+        self.roles = roles
+        self.teacher, self.fake, self.generator = roles.teacher, roles.fake, roles.generator
         self.autocast_dtype = autocast_dtype
-        # Trained through DDP wrappers (gradient all-reduce); evaluated as plain modules.
-        self.generator_train, self.fake_train = self.generator, self.fake
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrap = lambda d: Denoiser(DDP(d.unet, device_ids=ids), d.schedule, d.prediction_type)  # noqa: E731
-            self.generator_train, self.fake_train = wrap(self.generator), wrap(self.fake)
-        self.sigma_init = float(teacher.schedule.sigma_at(config.t_init))
+        # Trained through these views (DDP wrappers, or the plain roles with a manual all-reduce); evaluated plain.
+        self.generator_train, self.fake_train, self.sync_gradients = roles.train_views(self.world, self.device)
+        self.sigma_init = self.generator.sigma_init
         betas = (0.0, 0.999)
-        self.opt_gen = torch.optim.Adam(self.generator.parameters(), lr=config.lr_generator, betas=betas)
-        self.opt_fake = torch.optim.Adam(self.fake.parameters(), lr=config.lr_fake, betas=betas)
-        self.ema = EMA(self.generator.unet, config.ema_decay)
+        self.opt_gen = torch.optim.Adam(roles.generator_parameters(), lr=config.lr_generator, betas=betas)
+        self.opt_fake = torch.optim.Adam(roles.fake_parameters(), lr=config.lr_fake, betas=betas)
+        self.ema = EMA(roles.generator_state(), config.ema_decay)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
         self.stop_requested = False
-        cfg = teacher.unet.config
-        self.latent_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-        if isinstance(spec, ClassForgetSpec) and spec.override is None and spec.random_targets is None:
+        if latent_shape is None:
+            cfg = self.teacher.unet.config
+            latent_shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        self.latent_shape = tuple(latent_shape)
+        if isinstance(spec, ClassForgetSpec) and spec.forget and spec.override is None and spec.random_targets is None:
             self.spec = self._resolve_random_override(spec)
 
     @property
@@ -138,8 +142,12 @@ class SFDTrainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @staticmethod
-    def _clip_and_step(params, optimizer: torch.optim.Optimizer, clip: float) -> None:
+    def _clip_and_step(self, params, optimizer: torch.optim.Optimizer, clip: float) -> None:
+        if self.sync_gradients:  # roles that are not DDP-wrapped (adapters): average the gradients over processes
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(self.world)
         if clip > 0:
             torch.nn.utils.clip_grad_value_(params, clip)
         optimizer.step()
@@ -151,23 +159,23 @@ class SFDTrainer:
         c = self.config
         batch, z, sigma, noise = self._global_batch(for_fake_training=True)
         with torch.no_grad(), self._autocast():
-            x_g = generate(self.generator, z, self.sigma_init, batch.fake).float()
-        self.fake.requires_grad_(True)
+            x_g = generate(self.generator, z, batch.fake).float()
+        self.roles.set_trainable(generator=False, fake=True)
         with self._autocast():
             per_sample = fake_score_loss(self.fake_train, x_g, sigma, noise, batch.fake, c.guidance_fake_train)
         loss, parts = _split_weighted(per_sample, batch, c.lambda_fake_retain, c.lambda_fake_forget)
         _check_finite(loss, "fake-score", self.step_count)
         loss.backward()
-        self._clip_and_step(self.fake.parameters(), self.opt_fake, c.grad_clip)
+        self._clip_and_step(self.roles.fake_parameters(), self.opt_fake, c.grad_clip)
         return {"fake_" + k: v for k, v in parts.items()}
 
     def generator_step(self) -> dict:
         """SiD update of the generator; the forget samples are pulled towards the teacher's override score."""
         c = self.config
         batch, z, sigma, noise = self._global_batch(for_fake_training=False)
-        self.fake.requires_grad_(False)  # frozen, but gradients flow through its input
+        self.roles.set_trainable(generator=True, fake=False)  # fake score frozen, but gradients flow through its input
         with self._autocast():
-            x_g = generate(self.generator_train, z, self.sigma_init, batch.fake)
+            x_g = generate(self.generator_train, z, batch.fake)
             per_sample = generator_loss(
                 self.teacher, self.fake, x_g, sigma, noise,
                 teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
@@ -176,16 +184,16 @@ class SFDTrainer:
         loss, parts = _split_weighted(per_sample, batch, c.lambda_gen_retain, c.lambda_gen_forget)
         _check_finite(loss, "generator", self.step_count)
         loss.backward()
-        self._clip_and_step(self.generator.parameters(), self.opt_gen, c.grad_clip)
-        self.ema.update(self.generator.unet)
+        self._clip_and_step(self.roles.generator_parameters(), self.opt_gen, c.grad_clip)
+        self.ema.update(self.roles.generator_state())
         return {"gen_" + k: v for k, v in parts.items()}
 
     @torch.no_grad()
     def _resolve_random_override(self, spec: ClassForgetSpec, n: int = 64) -> ClassForgetSpec:
         """Class override "random": each forget class goes to the retained class nearest to it, chosen once per run.
 
-        For n seeded noises, the generator's step-0 sample of the forget class (the teacher's one-step denoise)
-        votes for the retained class whose teacher denoise lies nearest to it (`nearest_class`); the most
+        For n seeded noises, the generator's step-0 sample of the forget class (the teacher's one-step denoise,
+        or a stage-1 base's sample) votes for the retained class whose teacher denoise lies nearest to it (`nearest_class`); the most
         voted class becomes the override. One fixed target per forget class: targets that change from step
         to step (a uniform draw every step, or the nearest class of the current sample) averaged the class
         scores into an 8-like blend or kept moving, and cost retained accuracy and Frechet distance.
@@ -197,7 +205,7 @@ class SFDTrainer:
             noise = torch.randn((n, *self.latent_shape), generator=gen).to(self.device)
             cond = {"class_labels": torch.full((n,), k, device=self.device)}
             with self._autocast():
-                x0 = generate(self.teacher, z, self.sigma_init, Cond(cond)).float()
+                x0 = generate(self.generator, z, Cond(cond)).float()
                 near = nearest_class(self.teacher, x0, self.sigma_init, noise, spec.retained)
             votes = torch.bincount(near.cpu(), minlength=len(spec.class_names))
             targets.append(int(votes.argmax()))
@@ -244,7 +252,7 @@ class SFDTrainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def train(self, steps: int | None = None, progress: bool = True, callback=None, checkpoint=None) -> dict:
+    def train(self, steps: int | None = None, progress: bool = True, callback=None, checkpoint=None, desc: str = "sfd") -> dict:
         """Run until `steps` (default: config.steps) total steps; returns the last losses and the wall time.
 
         `callback(trainer)` runs after every iteration (periodic checkpoints live there); `checkpoint(trainer)`
@@ -253,7 +261,7 @@ class SFDTrainer:
         total = self.config.steps if steps is None else steps
         t0 = time.perf_counter()
         losses: dict = {}
-        bar = tqdm(total=total, initial=self.step_count, desc="sfd erase", unit="it", disable=not (progress and self.is_main))
+        bar = tqdm(total=total, initial=self.step_count, desc=desc, unit="it", disable=not (progress and self.is_main))
         with self._stop_on_sigint():
             while self.step_count < total:
                 losses = self.step()
@@ -270,15 +278,15 @@ class SFDTrainer:
         return {"losses": losses, "seconds": time.perf_counter() - t0}
 
     def ema_unet(self) -> torch.nn.Module:
-        """A copy of the generator UNet holding the EMA weights."""
-        return self.ema.clone_module(self.generator.unet).eval()
+        """A standalone generator network holding the EMA weights."""
+        return self.roles.export_generator(self.ema.shadow)
 
     # ---------------------------------------------------------------------------------- training state
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, JSON metadata) that resume this run exactly: weights, EMA, optimizers, RNG, step."""
         tensors: dict[str, torch.Tensor] = {}
-        for prefix, module in (("generator", self.generator.unet), ("fake", self.fake.unet)):
-            tensors.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        for prefix, state in (("generator", self.roles.generator_state()), ("fake", self.roles.fake_state())):
+            tensors.update({f"{prefix}.{k}": v for k, v in state.items()})
         tensors.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
         groups = {}
         for name, opt in (("opt_gen", self.opt_gen), ("opt_fake", self.opt_fake)):
@@ -304,8 +312,8 @@ class SFDTrainer:
         def sub(prefix: str) -> dict:
             return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
-        self.generator.unet.load_state_dict(sub("generator"))
-        self.fake.unet.load_state_dict(sub("fake"))
+        self.roles.load_generator_state(sub("generator"))
+        self.roles.load_fake_state(sub("fake"))
         self.ema.load_state_dict({"decay": self.config.ema_decay, "num_updates": meta["ema_num_updates"], "shadow": sub("ema")})
         for name, opt in (("opt_gen", self.opt_gen), ("opt_fake", self.opt_fake)):
             state: dict = {}

@@ -33,7 +33,7 @@ def test_damaged_or_mismatched_class_models(tiny_teacher_dir, tmp_path, capsys, 
 
 def test_damaged_text_model(tiny_sd_dir, tmp_path, capsys):
     bad = _damaged_copy(tiny_sd_dir, tmp_path / "bad", "truncate")
-    code, _, err = run_cli(capsys, "erase", "--model", str(bad), "--forget", "red", "--override", "blue",
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(bad), "--forget", "red", "--override", "blue",
                            "--out", str(tmp_path / "o"), "--quiet")
     assert_one_line_error(code, err, "could not load")
 
@@ -81,7 +81,7 @@ def test_text_options_on_class_model_are_refused(tiny_teacher_dir, tmp_path, cap
 
 
 def test_empty_forget_text_is_refused(tiny_sd_dir, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--forget", " ", "--override", "blue",
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(tiny_sd_dir), "--forget", " ", "--override", "blue",
                            "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "--forget is empty")
 

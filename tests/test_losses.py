@@ -30,7 +30,7 @@ def test_generator_at_step_zero_equals_teachers_one_step_denoise():
     z = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     cond = Cond({"class_labels": torch.tensor([0, 1, 2, 3, 0, 1])})
     with torch.no_grad():
-        x_g = generate(trainer.generator, z, trainer.sigma_init, cond)
+        x_g = generate(trainer.generator, z, cond)
         x_teacher = t(trainer.sigma_init * z, trainer.sigma_init, cond.cond)
     assert trainer.sigma_init == float(t.schedule.sigma_at(440))
     assert torch.allclose(x_g, x_teacher, atol=1e-5)
@@ -42,7 +42,7 @@ def test_generator_loss_is_per_sample_and_teacher_gets_no_parameter_gradient():
     gen = teacher()
     fake.requires_grad_(False)
     z = torch.randn(5, 1, 8, 8)
-    x_g = generate(gen, z, 2.5, Cond({"class_labels": torch.full((5,), 1)}))
+    x_g = gen(2.5 * z, 2.5, {"class_labels": torch.full((5,), 1)})
     loss = generator_loss(
         t, fake, x_g, torch.full((5,), 1.3), torch.randn(5, 1, 8, 8),
         teacher_cond=Cond({"class_labels": torch.full((5,), 2)}), fake_cond=Cond({"class_labels": torch.full((5,), 1)}), alpha=1.2,

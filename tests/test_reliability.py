@@ -112,12 +112,11 @@ def test_ctrl_c_saves_state_and_exits_cleanly(module_teacher, reference, tmp_pat
 
 
 def test_divergence_stops_with_clear_message_and_keeps_last_good_state(module_teacher, tmp_path, capsys):
-    from sfd.erase import erase_classes
+    from sfd.erase import run_sfd
 
     cfg = SFDConfig(steps=6, batch_retain=4, batch_forget=4, lr_generator=1e38, lr_fake=1e38)
     with pytest.raises(DivergenceError, match="last good state|no state was saved") as e:
-        erase_classes(str(module_teacher), ["1"], "random", str(tmp_path / "o"), cfg, progress=False, eval_n_per_class=0,
-                      checkpoint_every=1)
+        run_sfd(str(module_teacher), str(tmp_path / "o"), cfg, forget=["1"], override="random", progress=False, checkpoint_every=1)
     assert "lower the learning rates" in str(e.value)
     state = tmp_path / "o" / "training_state.safetensors"
     if state.exists():
@@ -159,7 +158,9 @@ def test_resume_with_other_settings_is_refused(module_teacher, tmp_path, capsys)
     partial = tmp_path / "partial"
     partial.mkdir()
     tr = SFDTrainer(pipe.denoiser, spec, PRESETS["class"].resolved(2.0))
-    identity = {"base_model": str(module_teacher), "concepts": spec.describe()}
+    from sfd.erase import run_identity
+
+    identity = run_identity(str(module_teacher), spec.describe())
     save_state_atomic(tr, partial / "training_state.safetensors", {"identity": identity})
     code, _, err = run_cli(capsys, "erase", "--model", str(module_teacher), "--forget", "2", "--out", str(partial), "--resume")
     assert_one_line_error(code, err, "another run")

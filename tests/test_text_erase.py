@@ -11,7 +11,8 @@ from sfd.cli import main
 from sfd.concepts import TextForgetSpec
 from sfd.errors import SFDError
 from sfd.models import check_weights_are_safe, load_text_pipeline
-from sfd.prompts import FORGET_TEMPLATES, forget_prompt_pairs, mentions, read_prompt_file, replace_concept
+from evaluators.prompt_sets import read_prompt_file
+from sfd.prompts import FORGET_TEMPLATES, forget_prompt_pairs, mentions, replace_concept
 from test_cli_class import assert_one_line_error, run_cli
 
 
@@ -88,7 +89,7 @@ def test_erase_text_smoke_saves_reloads_and_samples(tiny_sd_dir, tmp_path, capsy
     retain = tmp_path / "retain.txt"
     retain.write_text("a green square\na blue circle\n")
     out = tmp_path / "erased"
-    code, stdout, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--forget", "red", "--forget", "Yellow",
+    code, stdout, err = run_cli(capsys, "erase", "--single-stage", "--model", str(tiny_sd_dir), "--forget", "red", "--forget", "Yellow",
                                 "--override", "purple", "--retain-prompts", str(retain), "--out", str(out), "--steps", "2",
                                 "--negative-prompt", "blurry", "--quiet")
     assert code == 0, err
@@ -139,7 +140,7 @@ def test_generator_at_step_zero_equals_teacher_one_step_x0(tiny_sd_dir):
 def test_v_prediction_teacher_erases(tmp_path, capsys):
     path = tmp_path / "v-sd"
     build_tiny_sd("v_prediction").save_pretrained(path, safe_serialization=True)
-    code, _, err = run_cli(capsys, "erase", "--model", str(path), "--forget", "red", "--override", "blue",
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(path), "--forget", "red", "--override", "blue",
                            "--out", str(tmp_path / "out"), "--steps", "1", "--quiet")
     assert code == 0, err
     assert OneStepTextPipeline.from_pretrained(tmp_path / "out").denoiser.prediction_type == "v_prediction"
@@ -157,23 +158,23 @@ def test_pickled_weights_are_refused_unless_allowed(tmp_path, tiny_sd_dir, capsy
     with pytest.raises(SFDError, match="pickled weights"):
         check_weights_are_safe(pickled)
     check_weights_are_safe(pickled, allow_pickle=True)  # the explicit flag lifts the refusal
-    code, _, err = run_cli(capsys, "erase", "--model", str(pickled), "--forget", "red", "--override", "blue",
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(pickled), "--forget", "red", "--override", "blue",
                            "--out", str(tmp_path / "o"), "--quiet")
     assert_one_line_error(code, err, "pickled", "--allow-pickle")
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"not really a checkpoint")
-    code, _, err = run_cli(capsys, "erase", "--model", str(ckpt), "--forget", "red", "--override", "blue",
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(ckpt), "--forget", "red", "--override", "blue",
                            "--out", str(tmp_path / "o"), "--quiet")
     assert_one_line_error(code, err, "pickled checkpoint")
 
 
 def test_text_erase_needs_an_override_text(tiny_sd_dir, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--forget", "red", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(tiny_sd_dir), "--forget", "red", "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "--override")
 
 
 def test_hub_id_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = run_cli(capsys, "erase", "--model", "someone/some-model", "--forget", "red", "--override", "blue",
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", "someone/some-model", "--forget", "red", "--override", "blue",
                            "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "HF_HUB_OFFLINE")

@@ -1,1 +1,13 @@
 """Small worlds the project trains itself, to prove SFD offline on a CPU (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+
+def world_prompts(meta: dict) -> list[str] | None:
+    """All captions of a bundled text world (its forget candidates and retain prompts), or None for other models."""
+    if meta.get("world") == "shapes":
+        from . import shapes
+
+        return [shapes.caption(c, s, t) for t in range(len(shapes.TEMPLATES))
+                for c in range(len(shapes.COLOURS)) for s in range(len(shapes.SHAPES))]
+    return None

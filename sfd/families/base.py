@@ -1,0 +1,174 @@
+"""The model-family interface (DESIGN.md section 3): what `erase`, `distill`, `sample`, `audit` and `demo` ask of a kind of model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import SFDError
+
+if TYPE_CHECKING:  # torch loads when a model does, not when the demo lists its models
+    import torch
+
+    from ..denoisers import Denoiser
+    from ..generators import OneStepConvention, OneStepGenerator
+
+# UNet config entries that describe the file, not the architecture.
+_CONFIG_NOISE = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+_LATENT_KEYS = ("in_channels", "out_channels", "sample_size")
+
+
+class ModelFamily:
+    """One kind of model: a multi-step teacher pipeline and the one-step pipeline SFD distils from it."""
+
+    name: str  # e.g. "class-unet", "sd"
+    description: str  # for messages: "class-conditional UNet2D", "Stable Diffusion 1.x/2.x"
+    teacher_pipeline: str  # model_index.json _class_name of a teacher
+    one_step_pipeline: str  # ... of a one-step generator made by `sfd distill` / `sfd erase`
+    condition_kind: str  # what a user gives per image: "class" (a class name or index) or "text" (a prompt)
+    metrics: str  # which world metrics apply: "judge" (a class judge) or "clip" (CLIP concept detection)
+
+    @property
+    def pipeline_classes(self) -> tuple[str, str]:
+        return (self.teacher_pipeline, self.one_step_pipeline)
+
+    def is_one_step_class(self, pipeline_class: str) -> bool:
+        return pipeline_class == self.one_step_pipeline
+
+    def is_one_step(self, pipe) -> bool:
+        return type(pipe).__name__ == self.one_step_pipeline
+
+    # ------------------------------------------------------------------------------------------ loading
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None):
+        """The teacher or one-step pipeline at `path`, in fp32 unless `dtype`; safetensors only unless `allow_pickle`."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- training
+    def teacher_denoiser(self, pipe) -> Denoiser:
+        """The pipeline's network as an x0-denoiser in sigma space."""
+        from ..denoisers import Denoiser
+
+        return Denoiser.from_unet_and_scheduler_config(pipe.unet, pipe.scheduler.config)
+
+    def generator(self, pipe) -> OneStepGenerator:
+        """The one-step generator of a one-step pipeline, called by the convention its config records."""
+        from ..generators import OneStepConvention, OneStepGenerator
+
+        return OneStepGenerator(self.teacher_denoiser(pipe), OneStepConvention.from_config(pipe.config))
+
+    def default_teacher_guidance(self, pipe) -> float:
+        """Guidance used in the generator loss when the preset leaves it unset."""
+        return 1.0
+
+    def conditions(self, pipe, forget: Sequence[str], override: str | None, *, retain_prompts: Sequence[str] | None = None,
+                   negative_prompt: str = "", world_meta: dict | None = None, device: str = "cpu"):
+        """The condition sampler the trainer draws batches from (`spec.sample(...)`, `spec.describe()`);
+        no `forget` concepts: stage-1 distillation over everything the teacher knows."""
+        raise NotImplementedError
+
+    def latent_shape(self, pipe) -> tuple[int, ...]:
+        cfg = pipe.unet.config
+        return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+
+    def training_options(self, pipe, device: str, frozen_dtype: str | None = None, gradient_checkpointing: bool | None = None) -> dict:
+        """Memory settings: on CUDA a bf16 teacher and bf16 autocast; gradient checkpointing above 100M parameters."""
+        import torch
+
+        dtype = _torch_dtype(frozen_dtype, device)
+        big = sum(p.numel() for p in pipe.unet.parameters()) > 100e6
+        return {"frozen_dtype": dtype, "gradient_checkpointing": big if gradient_checkpointing is None else gradient_checkpointing,
+                "autocast_dtype": torch.bfloat16 if str(device).startswith("cuda") else None}
+
+    def check_base(self, teacher, base, base_path: str) -> None:
+        """One clear line if a one-step base does not fit the teacher: architecture, latent shape, noise schedule, conditioning."""
+        where = f"--generator {base_path}"
+        if not self.is_one_step(base):
+            raise SFDError(f"{where} is a multi-step {type(base).__name__}; give a one-step model (made by `sfd distill`, "
+                           "or imported with `sfd import-base`)")
+        t_cfg, b_cfg = _arch(teacher.unet), _arch(base.unet)
+        latent = [k for k in _LATENT_KEYS if t_cfg.get(k) != b_cfg.get(k)]
+        if latent:
+            raise SFDError(f"{where}: its latent shape does not match the teacher's ("
+                           + ", ".join(f"{k} {b_cfg.get(k)} vs {t_cfg.get(k)}" for k in latent) + ")")
+        if type(teacher.unet) is not type(base.unet) or t_cfg != b_cfg:
+            keys = sorted(k for k in set(t_cfg) | set(b_cfg) if t_cfg.get(k) != b_cfg.get(k))
+            raise SFDError(f"{where}: its network architecture does not match the teacher's ("
+                           + (", ".join(keys[:4]) if keys else f"{type(base.unet).__name__} vs {type(teacher.unet).__name__}") + " differ)")
+        import torch
+
+        from ..schedules import DiscreteVPSchedule
+
+        t_s = DiscreteVPSchedule.from_scheduler_config(teacher.scheduler.config)
+        b_s = DiscreteVPSchedule.from_scheduler_config(base.scheduler.config)
+        if t_s.num_train_timesteps != b_s.num_train_timesteps or not torch.allclose(t_s.sigmas, b_s.sigmas, rtol=1e-4):
+            raise SFDError(f"{where}: its noise schedule does not match the teacher's (betas or number of timesteps differ)")
+        self.check_base_conditioning(teacher, base, where)
+
+    def check_base_conditioning(self, teacher, base, where: str) -> None:
+        raise NotImplementedError
+
+    def one_step_pipeline_from(self, teacher, unet, convention: OneStepConvention):
+        """A one-step pipeline made of the teacher's other components and the generator network `unet`."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------- sampling
+    def user_condition(self, prompt: str | None = None, class_: str | None = None) -> str:
+        """The one condition a user gave on the command line (`--prompt` or `--class`), checked for this family."""
+        raise NotImplementedError
+
+    def check_condition(self, pipe, condition: str) -> None:
+        """Raise SFDError("<why>") when `condition` is not something this model can be conditioned on."""
+
+    def condition_label(self, pipe, condition: str) -> str:
+        """A short file-name label for images of `condition`."""
+        return "image"
+
+    def sample(self, pipe, conditions: Sequence[str], generators: Sequence[torch.Generator], steps: int | None = None,
+               guidance: float | None = None, negative_prompt: str | None = None) -> torch.Tensor:
+        """Images in [0, 1] (NCHW), one per condition, each from its own generator; `steps`, `guidance` and
+        `negative_prompt` apply to multi-step teachers (one-step models ignore them)."""
+        raise NotImplementedError
+
+    def recorded_sampling(self, model_index: dict, world_meta: dict) -> tuple[int | None, float | None]:
+        """(sampler steps, guidance) a teacher folder records for itself (model_index.json or sfd_world.json), if any."""
+        return world_meta.get("default_num_inference_steps"), world_meta.get("default_guidance_scale")
+
+    fallback_sampling: tuple[int, float] = (50, 7.5)  # a teacher that records nothing: the family's usual sampler
+
+    def sampler_defaults(self, pipe, world_meta: dict) -> tuple[int | None, float | None]:
+        """(sampler steps, guidance) a multi-step teacher is sampled with by default; (None, None) for one-step models."""
+        if self.is_one_step(pipe):
+            return None, None
+        steps, guidance = self.recorded_sampling(dict(pipe.config), world_meta)
+        return int(steps or self.fallback_sampling[0]), float(guidance if guidance is not None else self.fallback_sampling[1])
+
+    def image_size(self, pipe) -> int:
+        raise NotImplementedError
+
+    def usage(self) -> list[str]:
+        """Model-card lines: how to load and sample the one-step pipeline."""
+        raise NotImplementedError
+
+    def preset(self, world_meta: dict) -> str:
+        """The name of the hyperparameter preset family (sfd/config.py) for this model."""
+        raise NotImplementedError
+
+
+def _arch(unet) -> dict:
+    return {k: v for k, v in dict(unet.config).items() if k not in _CONFIG_NOISE}
+
+
+def _torch_dtype(name: str | None, device: str):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise SFDError(f"unknown dtype {name!r}; expected fp32, bf16 or fp16")
+    return table[name]
+
+
+def first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__

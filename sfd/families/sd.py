@@ -1,0 +1,118 @@
+"""Stable Diffusion 1.x/2.x (epsilon- or v-prediction latent UNets with one CLIP text encoder; the shapes world)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import SFDError
+from .base import ModelFamily, first_line
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..generators import OneStepConvention
+
+PROBE_PROMPT = "a photo of a red circle"  # compared through both text encoders when a base is checked
+
+
+class StableDiffusionFamily(ModelFamily):
+    name = "sd"
+    description = "Stable Diffusion 1.x/2.x"
+    teacher_pipeline = "StableDiffusionPipeline"
+    one_step_pipeline = "OneStepTextPipeline"
+    condition_kind = "text"
+    metrics = "clip"
+
+    def pipeline_types(self):
+        from diffusers import StableDiffusionPipeline
+
+        from pipelines import OneStepTextPipeline
+
+        return StableDiffusionPipeline, OneStepTextPipeline
+
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None):
+        import torch
+
+        from ..families import pipeline_class_of
+        from ..models import check_weights_are_safe, is_hub_id, quiet_loading
+
+        quiet_loading()
+        kind = pipeline_class_of(path)
+        if not is_hub_id(path):
+            check_weights_are_safe(path, allow_pickle)
+        if kind not in self.pipeline_classes:
+            raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected a {self.description} folder or an SFD one-step model")
+        teacher_cls, one_step_cls = self.pipeline_types()
+        cls = one_step_cls if kind == self.one_step_pipeline else teacher_cls
+        extra = {} if cls is one_step_cls else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        try:
+            pipe = cls.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=not allow_pickle, **extra)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise SFDError(f"could not load {path}: {first_line(e)}") from None
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+    # ----------------------------------------------------------------------------------------- training
+    def encode(self, pipe, prompts: list[str], device=None) -> torch.Tensor:
+        """Per-token text embeddings (the UNet's encoder_hidden_states), as Stable Diffusion computes them."""
+        from pipelines.text_to_image import encode_prompts
+
+        return encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, device)
+
+    def conditions(self, pipe, forget, override, *, retain_prompts=None, negative_prompt="", world_meta=None, device="cpu"):
+        from ..concepts import TextForgetSpec
+        from ..prompts import RETAIN_PROMPTS
+        from ..worlds import world_prompts
+
+        captions = world_prompts(world_meta or {})
+        retain = list(retain_prompts or captions or RETAIN_PROMPTS)
+        if not forget:
+            spec = TextForgetSpec.retain_only(retain, negative_prompt=negative_prompt)
+        else:
+            if override is None or str(override).strip().lower() == "random":
+                raise SFDError("text-to-image erasure needs an --override text (e.g. --override 'a person wearing clothes')")
+            spec = TextForgetSpec.build(forget, override, retain, candidates=captions, negative_prompt=negative_prompt)
+        return spec.encode(lambda prompts: self.encode(pipe, prompts, device))
+
+    def check_base_conditioning(self, teacher, base, where: str) -> None:
+        import torch
+
+        a, b = self.encode(teacher, [PROBE_PROMPT]), self.encode(base, [PROBE_PROMPT]).to(teacher.device)
+        if a.shape != b.shape or not torch.allclose(a, b, atol=1e-3):
+            raise SFDError(f"{where}: its text encoder does not encode prompts as the teacher's does (another text encoder or tokenizer)")
+
+    def one_step_pipeline_from(self, teacher, unet, convention: OneStepConvention):
+        _, one_step_cls = self.pipeline_types()
+        return one_step_cls(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer, unet=unet,
+                            scheduler=teacher.scheduler, **convention.config())
+
+    # ---------------------------------------------------------------------------------------- sampling
+    def user_condition(self, prompt=None, class_=None) -> str:
+        if prompt is None:
+            raise SFDError("give --prompt TEXT for a text-to-image model")
+        if not prompt.strip():
+            raise SFDError("--prompt is empty")
+        return prompt
+
+    def sample(self, pipe, conditions: Sequence[str], generators, steps=None, guidance=None, negative_prompt=None) -> torch.Tensor:
+        size = self.image_size(pipe)
+        kw = {}
+        if not self.is_one_step(pipe):
+            kw = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
+            if negative_prompt:
+                kw["negative_prompt"] = [negative_prompt] * len(conditions)
+        return pipe(list(conditions), generator=list(generators), height=size, width=size, output_type="pt", **kw).images
+
+    def image_size(self, pipe) -> int:
+        return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+    def usage(self) -> list[str]:
+        return ["```python", "from pipelines import OneStepTextPipeline", "pipe = OneStepTextPipeline.from_pretrained(PATH)",
+                "images = pipe(['a photo of a dog'], output_type='pil').images", "```",
+                "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`."]
+
+    def preset(self, world_meta: dict) -> str:
+        from ..config import PRESETS
+
+        world = world_meta.get("world")
+        return world if world in PRESETS else "sd"
