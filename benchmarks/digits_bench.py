@@ -1,4 +1,5 @@
-"""Digits world benchmark: teacher training vs erase time, sampling throughput, forget/retain accuracy, FD.
+"""Digits world benchmark, single-stage erasure (benchmarks/two_stage_bench.py has the two-stage one): teacher
+training vs erase time, sampling throughput, forget/retain accuracy, FD.
 
 Everything is measured in one run on this machine, side by side (these machines are noisy, so ratios
 from one run are what we report):
@@ -28,8 +29,8 @@ import torch
 
 from evaluators.class_eval import evaluate_classes, sample_classes, score_samples
 from evaluators.classifier import ConvJudge
-from sfd.config import PRESETS
-from sfd.erase import erase_classes
+from sfd.config import preset
+from sfd.erase import run_sfd
 from sfd.models import checkpoints_dir, load_class_pipeline
 from sfd.worlds import digits
 
@@ -45,6 +46,21 @@ def throughput(pipe, batch: int, repeats: int) -> float:
         pipe(labels, generator=torch.Generator().manual_seed(r), show_progress=False)
         best = min(best, time.perf_counter() - t0)
     return batch / best
+
+
+def timed_teacher(teacher_dir: Path, timed_steps: int, which: str = "the") -> tuple[dict, str]:
+    """The teacher's training stats, with its training time re-measured now: `timed_steps` steps of the same training
+    (after 3 warm-up steps), scaled to its full length, so that erases are compared with it under the same load."""
+    tstats = json.loads((teacher_dir / "sfd_world.json").read_text())["training"]
+    if timed_steps <= 0:
+        return tstats, f"recorded when {which} teacher was trained"
+    known = {f.name for f in fields(digits.TeacherTrainConfig)}
+    cfg = digits.TeacherTrainConfig(**{**{k: v for k, v in tstats.items() if k in known}, "steps": timed_steps})
+    digits.train_teacher(replace(cfg, steps=3), progress=False)  # warm-up: first-call kernel set-up is not training
+    _, timing = digits.train_teacher(cfg, progress=False)
+    tstats = {**tstats, "recorded_train_seconds": tstats["train_seconds"],
+              "train_seconds": timing["seconds_per_step"] * tstats["steps"], "timed_steps": timed_steps}
+    return tstats, f"{timed_steps} of its {tstats['steps']} steps timed in this run, scaled"
 
 
 def merge_reports(paths: list[str]) -> dict:
@@ -86,17 +102,7 @@ def main() -> None:
     if a.reuse_teacher or a.teacher:
         teacher_dir = Path(a.teacher) if a.teacher else checkpoints_dir() / "digits" / "teacher"
         judge_dir = checkpoints_dir() / "digits" / "judge"
-        tstats = json.loads((teacher_dir / "sfd_world.json").read_text())["training"]
-        teacher_note = f"recorded when {'that' if a.teacher else 'the bundled'} teacher was trained"
-        if a.time_teacher_steps > 0:
-            # The same training for a few steps, now: seconds per step on this machine under this run's load.
-            known = {f.name for f in fields(digits.TeacherTrainConfig)}
-            cfg = digits.TeacherTrainConfig(**{**{k: v for k, v in tstats.items() if k in known}, "steps": a.time_teacher_steps})
-            digits.train_teacher(replace(cfg, steps=3), progress=False)  # warm-up: first-call kernel set-up is not training
-            _, timing = digits.train_teacher(cfg, progress=False)
-            tstats = {**tstats, "recorded_train_seconds": tstats["train_seconds"],
-                      "train_seconds": timing["seconds_per_step"] * tstats["steps"], "timed_steps": a.time_teacher_steps}
-            teacher_note = f"{a.time_teacher_steps} of its {tstats['steps']} steps timed in this run, scaled"
+        tstats, teacher_note = timed_teacher(teacher_dir, a.time_teacher_steps, "that" if a.teacher else "the bundled")
     else:
         judge, _ = digits.train_judge(progress=True)
         judge_dir = work / "judge"
@@ -110,7 +116,7 @@ def main() -> None:
     teacher = load_class_pipeline(teacher_dir)
 
     classes = list(range(10)) if a.classes == "all" else [int(c) for c in a.classes.split(",")]
-    config = PRESETS["class"].replace(steps=a.steps)
+    config = preset("class", "single").replace(steps=a.steps)
     seeds = [int(s) for s in a.seeds.split(",")]
     # The teacher is sampled once (the same sampling seeds as every erased model) and scored for each forget class.
     t_images, t_labels, _ = sample_classes(teacher, range(10), a.n_per_class, seed=1, progress=True)
@@ -118,7 +124,7 @@ def main() -> None:
     rows = []
     for k, seed in itertools.product(classes, seeds):
         out = work / f"erased-{k}-seed{seed}"
-        summary = erase_classes(str(teacher_dir), [str(k)], "random", str(out), config.replace(seed=seed), eval_n_per_class=0)
+        summary = run_sfd(str(teacher_dir), str(out), config.replace(seed=seed), forget=[str(k)], override="random")
         erased = load_class_pipeline(out)
         after = evaluate_classes(erased, judge, x, y, a.n_per_class, seed=1, forget=(k,), progress=False)
         before = teacher_scores[k]

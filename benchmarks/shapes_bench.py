@@ -1,6 +1,7 @@
-"""Shapes world benchmark: erase a colour and a shape with default settings; targets of the text-to-image issue.
+"""Shapes world benchmark: erase a colour and a shape with default settings, single-stage and/or two-stage.
 
-  python benchmarks/shapes_bench.py                         # erase red (override blue) and circle (override square)
+  python benchmarks/shapes_bench.py                         # single-stage: erase red (override green) and circle (override square)
+  python benchmarks/shapes_bench.py --stages single,two     # both, side by side in one run (two: from the bundled base)
   python benchmarks/shapes_bench.py --concepts all          # every colour and every shape, one run each
   python benchmarks/shapes_bench.py --concepts green:yellow # forget:override pairs
   python benchmarks/shapes_bench.py --keep runs/bench        # keep the erased models (runs/bench/no-red, ...)
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from sfd.config import PRESETS
-from sfd.erase import erase_text
+from evaluators.world_metrics import world_evaluator
+from sfd.config import preset
+from sfd.erase import default_base, run_sfd
+from sfd.families import family_for
 from sfd.models import checkpoints_dir, load_text_pipeline
 from sfd.worlds import shapes
 
@@ -50,34 +53,44 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--json", default="benchmarks/results/shapes.json")
     ap.add_argument("--keep", metavar="DIR", help="write the erased models into DIR/no-CONCEPT (default: a temporary folder)")
+    ap.add_argument("--stages", default="single", help="single, two or single,two (two: stage 2 from --generator)")
+    ap.add_argument("--generator", help="one-step base of the two-stage runs (default: the bundled checkpoints/shapes/onestep)")
     a = ap.parse_args()
     teacher_dir = checkpoints_dir() / "shapes" / "teacher"
     items = list(shapes.COLOURS + shapes.SHAPES) if a.concepts == "all" else a.concepts.split(",")
     pairs = [tuple(i.split(":", 1)) if ":" in i else (i, default_override(i)) for i in items]
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-shapes-bench-"))
-    config = PRESETS["shapes"].replace(steps=a.steps)
+    stages = a.stages.split(",")
+    base = a.generator or (str(default_base(str(teacher_dir))) if "two" in stages else None)
+    if "two" in stages and base in (None, "None"):
+        raise SystemExit("no one-step base: pass --generator or bundle checkpoints/shapes/onestep")
+    family = family_for(str(teacher_dir))
+    evaluate = world_evaluator(family, str(teacher_dir), seed=0, progress=False)
     rows = []
-    for forget, override in pairs:
-        out = work / f"no-{forget}"
-        s = erase_text(str(teacher_dir), [forget], override, str(out), config, progress=True, overwrite=True)
+    for (forget, override), stage in [(p, st) for p in pairs for st in stages]:
+        config = preset("shapes", "erase" if stage == "two" else "single").replace(steps=a.steps)
+        out = work / f"no-{forget}-{stage}"
+        s = run_sfd(str(teacher_dir), str(out), config, forget=[forget], override=override, generator=base if stage == "two" else None,
+                    progress=True, overwrite=True, evaluate=evaluate, family=family)
         m = s["metrics"]
-        rows.append({"forget": forget, "override": override, "erase_seconds": s["erase_seconds"], "metrics": m})
-        print(f"{forget} -> {override}: erase {s['erase_seconds']:.0f} s | forget rate {m['teacher']['forget_rate']:.1%} -> "
-              f"{m['forget_rate']:.1%} | retained colour x{m['retained_colour_rate_ratio']:.2f}, shape "
-              f"x{m['retained_shape_rate_ratio']:.2f}, CLIP score x{m['retained_clip_score_ratio']:.2f}", flush=True)
+        rows.append({"forget": forget, "override": override, "stage": stage, "generator": s["generator_base"],
+                     "erase_seconds": s["erase_seconds"], "sfd_config": s["config"], "metrics": m})
+        print(f"{forget} -> {override} ({stage}-stage): erase {s['erase_seconds']:.0f} s | forget rate "
+              f"{m['teacher']['forget_rate']:.1%} -> {m['forget_rate']:.1%} | retained colour x{m['retained_colour_rate_ratio']:.2f}, "
+              f"shape x{m['retained_shape_rate_ratio']:.2f}, CLIP score x{m['retained_clip_score_ratio']:.2f}", flush=True)
     meta = json.loads((teacher_dir / "sfd_world.json").read_text())
     teacher = load_text_pipeline(str(teacher_dir))
     kw = {"num_inference_steps": meta["default_num_inference_steps"], "guidance_scale": meta["default_guidance_scale"]}
     tp_teacher = throughput(teacher, a.batch, 2, **kw)
-    tp_one = throughput(load_text_pipeline(str(work / f"no-{pairs[0][0]}")), a.batch, 5)
-    report = {"runs": rows, "sfd_config": json.loads(config.to_json()), "torch_threads": torch.get_num_threads(),
+    tp_one = throughput(load_text_pipeline(str(work / f"no-{pairs[0][0]}-{stages[0]}")), a.batch, 5)
+    report = {"runs": rows, "torch_threads": torch.get_num_threads(),
               "throughput_images_per_s": {"teacher": tp_teacher, "one_step": tp_one, "batch": a.batch,
                                           "teacher_sampler": kw}, "speedup": tp_one / tp_teacher}
-    print("\n| concept | erase s | forget rate (teacher -> erased) | retained colour | retained shape | CLIP score |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| concept | stage | erase s | forget rate (teacher -> erased) | retained colour | retained shape | CLIP score |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         m = r["metrics"]
-        print(f"| {r['forget']} -> {r['override']} | {r['erase_seconds']:.0f} | {m['teacher']['forget_rate']:.1%} -> "
+        print(f"| {r['forget']} -> {r['override']} | {r['stage']} | {r['erase_seconds']:.0f} | {m['teacher']['forget_rate']:.1%} -> "
               f"{m['forget_rate']:.1%} | {m['retained_colour_rate']:.1%} ({m['retained_colour_rate_ratio']:.2f}x) | "
               f"{m['retained_shape_rate']:.1%} ({m['retained_shape_rate_ratio']:.2f}x) | {m['retained_clip_score']:.1f} "
               f"({m['retained_clip_score_ratio']:.2f}x) |")

@@ -18,7 +18,7 @@ from pipelines.text_to_image import encode_prompts
 from sfd.concepts import TextForgetSpec
 from sfd.config import PRESETS
 from sfd.denoisers import Denoiser
-from sfd.erase import world_prompts
+from sfd.worlds import world_prompts
 from sfd.models import checkpoints_dir, load_text_pipeline, world_meta
 from sfd.trainer import SFDTrainer
 

@@ -39,17 +39,23 @@ def evaluate_digits_model(pipe, forget: tuple[int, ...], judge_path: Path, n_per
     return evaluate_classes(pipe, judge, x, y, n_per_class=n_per_class, seed=seed, forget=forget, progress=progress, **call_kwargs)
 
 
-def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, progress: bool) -> dict:
-    """The erased model's shapes-world metrics beside the teacher's (same prompts and seeds)."""
+def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, progress: bool, teacher_cache: dict | None = None) -> dict:
+    """The erased model's shapes-world metrics beside the teacher's (same prompts and seeds); `teacher_cache` keeps
+    the teacher's metrics between calls (a benchmark erasing several concepts samples the teacher once per concept)."""
     from sfd.families import load_model
     from sfd.models import world_meta
 
     from .shapes_eval import compare_to_teacher, erasure_metrics
 
-    family, teacher = load_model(teacher_path, device)
-    steps, guidance = family.sampler_defaults(teacher, world_meta(teacher_path))
-    kw = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
-    before = erasure_metrics(teacher, concepts, seed=seed, progress=progress, **kw)
+    key = (str(teacher_path), tuple(concepts), seed)
+    if teacher_cache is None or key not in teacher_cache:
+        family, teacher = load_model(teacher_path, device)
+        steps, guidance = family.sampler_defaults(teacher, world_meta(teacher_path))
+        kw = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
+        before = erasure_metrics(teacher, concepts, seed=seed, progress=progress, **kw)
+        if teacher_cache is not None:
+            teacher_cache[key] = before
+    before = teacher_cache[key] if teacher_cache is not None else before
     after = erasure_metrics(erased, concepts, seed=seed, progress=progress)
     return {**{k: v for k, v in after.items() if isinstance(v, float)}, **compare_to_teacher(after, before),
             "teacher": {k: v for k, v in before.items() if isinstance(v, float)}}
@@ -75,5 +81,7 @@ def world_evaluator(family, model: str, seed: int = 0, device: str = "cpu", prog
         return _Evaluator(lambda pipe, c: evaluate_digits_model(pipe, tuple(c.get("forget_ids", ())), judge, n_per_class, seed, progress),
                           CLASS_METRIC_NOTES)
     if family.metrics == "clip" and meta.get("world") == "shapes":
-        return _Evaluator(lambda pipe, c: shapes_metrics(model, pipe, list(c.get("forget", ())), seed, device, progress), TEXT_METRIC_NOTES)
+        cache: dict = {}
+        return _Evaluator(lambda pipe, c: shapes_metrics(model, pipe, list(c.get("forget", ())), seed, device, progress, cache),
+                          TEXT_METRIC_NOTES)
     return None

@@ -107,7 +107,9 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
     if stage == "erase":
         generator = _choose_base(a, family, name)
         stage = "erase" if generator else "single"
-    config = preset(name, stage).replace(steps=a.steps, seed=a.seed)
+    config = preset(name, stage).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets)
+    if a.lora or a.lora_rank or a.lora_targets:
+        config = config.replace(lora=True)
     evaluate = world_evaluator(family, a.model, seed=config.seed, device=device, progress=not a.quiet)
     return run_sfd(a.model, a.out, config, forget=forget, override=override, generator=generator,
                    retain_prompts=_retain_prompts(a.retain_prompts), negative_prompt=a.negative_prompt or "",
@@ -345,6 +347,10 @@ def _add_run_arguments(p, model_help: str) -> None:
                    help="save a resumable training state in --out every N steps (0: only on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue the run whose training state is in --out")
     p.add_argument("--preset", choices=["class", "shapes", "sd"], help="hyperparameter preset (default: chosen from the model)")
+    p.add_argument("--lora", action="store_true",
+                   help="generator and fake score as LoRA adapters on the one frozen teacher network (the preset's rank)")
+    p.add_argument("--lora-rank", type=_pos_int("--lora-rank"), help="LoRA rank (implies --lora)")
+    p.add_argument("--lora-targets", help="comma-separated module names LoRA adapts (implies --lora; default: the family's list)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="dtype of the frozen teacher")
     p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype the trained weights are stored in")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (.bin/.ckpt): only for files you trust")

@@ -35,6 +35,12 @@ class SFDConfig:
     # Stage 2 (an erase from a one-step base): where the fake score starts, "teacher" (the official code) or "base"
     # (the fake score `sfd distill` saved beside the base; DESIGN.md section 2.1).
     fake_score_init: str = "teacher"
+    # LoRA roles (DESIGN.md section 2.2): generator and fake score as adapters on the one frozen teacher network.
+    # `lora` is the preset's default mode; `lora_rank` the rank `--lora` uses; `lora_targets` the module names
+    # (comma-separated; empty: the model family's default list).
+    lora: bool = False
+    lora_rank: int = 16
+    lora_targets: str = ""
 
     def validate(self, num_train_timesteps: int | None = None) -> "SFDConfig":
         if self.steps < 0:
@@ -56,6 +62,8 @@ class SFDConfig:
             raise SFDError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.seed < 0:
             raise SFDError(f"--seed must be >= 0, got {self.seed}")
+        if self.lora_rank < 1:
+            raise SFDError(f"--lora-rank must be >= 1, got {self.lora_rank}")
         if self.fake_score_init not in ("teacher", "base"):
             raise SFDError(f"fake_score_init must be 'teacher' or 'base', got {self.fake_score_init!r}")
         return self

@@ -133,6 +133,71 @@ def default_base(model: str) -> Path | None:
     return candidate if recorded is not None and recorded == model_identity(str(teacher / "unet")) else None
 
 
+ADAPTERS_FILE = "sfd_adapters.safetensors"  # LoRA runs: both adapters (peft keys), the start of a LoRA stage 2
+
+
+def build_roles(family: ModelFamily, teacher_pipe, config: SFDConfig, convention: OneStepConvention, device: str, opts: dict,
+                base_pipe=None, base_path: str | None = None):
+    """The trainer's roles and a note of how they were built: full copies, or LoRA adapters on one frozen UNet.
+
+    From a one-step base (stage 2): full mode copies the base's network for the generator and, with
+    `fake_score_init == "base"`, the base's fake_score/ for the fake score; LoRA mode starts both adapters from the
+    base's own adapters when it was distilled in LoRA mode with the same rank and targets (one UNet), else puts the
+    generator adapter on a frozen copy of the base's network (two UNets)."""
+    teacher = family.teacher_denoiser(teacher_pipe)
+    common = {"frozen_dtype": opts.get("frozen_dtype"), "gradient_checkpointing": opts.get("gradient_checkpointing", False)}
+    note = {"mode": "lora" if config.lora else "full", "generator_from": "teacher" if base_pipe is None else "base",
+            "fake_score_from": "teacher"}
+    if not config.lora:
+        fake_init = None
+        if base_pipe is not None and config.fake_score_init == "base":
+            fake_init = load_fake_score(base_path, teacher_pipe.unet)
+            note["fake_score_from"] = "base" if fake_init is not None else "teacher (the base has no fake_score/)"
+        return FullRoles(teacher, convention, device, generator_init=None if base_pipe is None else base_pipe.unet,
+                         fake_init=fake_init, **common), note
+    from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER, LoraRoles
+
+    targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()] or family.lora_targets()
+    note.update(rank=config.lora_rank, targets=targets)
+    saved = read_adapters(base_path) if base_pipe is not None else None
+    same = saved is not None and saved[1].get("rank") == config.lora_rank and saved[1].get("targets") == targets
+    kwargs = {}
+    if base_pipe is not None and same:
+        kwargs["generator_adapter"] = saved[0][GENERATOR_ADAPTER]
+        note["generator_from"] = "the base's LoRA adapter (one UNet)"
+        if config.fake_score_init == "base":
+            kwargs["fake_adapter"] = saved[0][FAKE_ADAPTER]
+            note["fake_score_from"] = "the base's LoRA adapter"
+    elif base_pipe is not None:
+        kwargs["generator_init"] = base_pipe.unet
+        note["generator_from"] = "an adapter on a frozen copy of the base's network (two UNets)"
+    return LoraRoles(teacher, convention, device, rank=config.lora_rank, targets=targets, seed=config.seed, **kwargs, **common), note
+
+
+def read_adapters(folder: str | None) -> tuple[dict[str, dict], dict] | None:
+    """({adapter name: peft state dict}, metadata) of a LoRA run's folder, or None."""
+    path = Path(folder) / ADAPTERS_FILE if folder else None
+    if path is None or not path.is_file():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("sfd", "{}"))
+    by_adapter: dict[str, dict] = {}
+    for key, tensor in load_file(str(path)).items():
+        name, _, rest = key.partition("/")
+        by_adapter.setdefault(name, {})[rest] = tensor
+    return by_adapter, meta
+
+
+def save_adapters(folder: Path, states: dict[str, dict], meta: dict, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}/{k}": v.detach().to("cpu", dtype).contiguous() for name, state in states.items() for k, v in state.items()}
+    save_file(tensors, str(folder / ADAPTERS_FILE), metadata={"sfd": json.dumps(meta)})
+
+
 def run_sfd(
     model: str,
     out: str,
@@ -181,21 +246,13 @@ def run_sfd(
     num_timesteps = teacher_pipe.scheduler.config.num_train_timesteps
     config.validate(num_timesteps)
 
-    generator_init = fake_init = None
-    convention = OneStepConvention(config.t_init)
-    fake_source = "teacher"
+    convention, base_pipe = OneStepConvention(config.t_init), None
     if generator is not None:
         base_pipe = family.load(generator, device, allow_pickle=allow_pickle)
         family.check_base(teacher_pipe, base_pipe, generator)
         convention = OneStepConvention.from_config(base_pipe.config).validate(num_timesteps)
-        generator_init = base_pipe.unet
-        if config.fake_score_init == "base":
-            fake_init = load_fake_score(generator, teacher_pipe.unet)
-            fake_source = "base" if fake_init is not None else "teacher (the base has no fake_score/)"
-    teacher = family.teacher_denoiser(teacher_pipe)
     opts = family.training_options(teacher_pipe, device, frozen_dtype, gradient_checkpointing)
-    roles = FullRoles(teacher, convention, device, generator_init=generator_init, fake_init=fake_init,
-                      frozen_dtype=opts.get("frozen_dtype"), gradient_checkpointing=opts.get("gradient_checkpointing", False))
+    roles, roles_note = build_roles(family, teacher_pipe, config, convention, device, opts, base_pipe, generator)
     trainer = SFDTrainer(roles, spec, config, device, autocast_dtype=opts.get("autocast_dtype"),
                          latent_shape=family.latent_shape(teacher_pipe))
     identity = run_identity(model, spec.describe(), generator)
@@ -212,8 +269,9 @@ def run_sfd(
         "base_model": str(model),
         "teacher_fingerprint": model_identity(str(Path(model) / "unet")) if Path(model).is_dir() else None,
         "generator_base": generator,
-        "fake_score_init": fake_source,
+        "roles": roles_note,
         "one_step_convention": convention.describe(),
+        "sigma_init": trainer.sigma_init,
         "concepts": concepts,
         "config": json.loads(config.to_json()),
         "erase_seconds": train_seconds,
@@ -230,6 +288,13 @@ def run_sfd(
             if fake is not None:
                 fake.save_pretrained(tmp / FAKE_SCORE_DIR, safe_serialization=True)
         result.unet.float()
+        if roles.mode == "lora":
+            from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER
+
+            ema = {k: v for k, v in trainer.ema.shadow.items()}
+            save_adapters(tmp, {GENERATOR_ADAPTER: ema, FAKE_ADAPTER: roles.fake_state()},
+                          {"rank": roles.rank, "targets": roles.targets, "family": family.name}, SAVE_DTYPES[save_dtype])
+            family.save_lora(teacher_pipe, tmp, ema, roles.rank, roles.targets)
         (tmp / SFD_CONFIG_NAME).write_text(json.dumps(summary, indent=2))
         if meta:
             (tmp / "sfd_world.json").write_text(json.dumps({**meta, "base_model": str(model)}, indent=2))

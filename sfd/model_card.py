@@ -36,7 +36,12 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
     shown = {k: v for k, v in summary["concepts"].items() if k not in ("forget_ids", "override_prompts")}
     setup = {"base model": summary["base_model"], "family": family.description, "stage": summary["stage"]}
     if summary.get("generator_base"):
-        setup.update({"generator started from": summary["generator_base"], "fake score started from": summary["fake_score_init"]})
+        setup["one-step base"] = summary["generator_base"]
+    roles = summary.get("roles", {})
+    setup.update({"roles": roles.get("mode", "full"), "generator started from": roles.get("generator_from"),
+                  "fake score started from": roles.get("fake_score_from")})
+    if roles.get("mode") == "lora":
+        setup["LoRA rank / targets"] = f"{roles['rank']} / {', '.join(roles['targets'])}"
     setup["one-step convention"] = summary["one_step_convention"]
     parts = [
         "---",
@@ -48,7 +53,8 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
         text,
         "",
         "## Use",
-        *family.usage(),
+        *family.usage(lora=summary.get("roles", {}).get("mode") == "lora",
+                      sigma_init=summary.get("sigma_init") if summary["one_step_convention"].get("input_scale") is None else None),
         "",
         "## Erasure" if summary["stage"] != "distill" else "## Distillation",
         _table({**setup, **shown}),

@@ -111,7 +111,7 @@ def test_stage_two_trains_from_the_base_and_uses_its_fake_score(class_base, tmp_
     assert code == 0, err
     assert "erased one" in stdout
     cfg = json.loads((out / "sfd_config.json").read_text())
-    assert cfg["fake_score_init"] == "base"  # the class stage-2 preset keeps stage 1's fake score
+    assert cfg["roles"]["fake_score_from"] == "base"  # the class stage-2 preset keeps stage 1's fake score
     assert not torch.equal(class_images(out), class_images(class_base / "base"))
     code, _, err = run_cli(capsys, "sample", "--model", str(out), "--class", "two", "--n", "2", "--out", str(tmp_path / "s"), "--quiet")
     assert code == 0, err

@@ -144,9 +144,17 @@ class ModelFamily:
     def image_size(self, pipe) -> int:
         raise NotImplementedError
 
-    def usage(self) -> list[str]:
-        """Model-card lines: how to load and sample the one-step pipeline."""
+    def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
+        """Model-card lines: how to load and sample the one-step pipeline (and, for a LoRA run, the adapter)."""
         raise NotImplementedError
+
+    def lora_targets(self) -> list[str]:
+        """Module names LoRA adapts by default in this family's network."""
+        raise NotImplementedError
+
+    def save_lora(self, teacher, folder, state: dict, rank: int, targets: list[str]) -> None:
+        """Write the generator adapter (`state`, peft keys) in the format this family's tools load; the folder's
+        sfd_adapters.safetensors already holds it for `sfd erase --lora`."""
 
     def preset(self, world_meta: dict) -> str:
         """The name of the hyperparameter preset family (sfd/config.py) for this model."""

@@ -104,10 +104,18 @@ class ClassUNetFamily(ModelFamily):
     def image_size(self, pipe) -> int:
         return int(pipe.unet.config.sample_size)
 
-    def usage(self) -> list[str]:
-        return ["```python", "from pipelines import OneStepClassPipeline", "pipe = OneStepClassPipeline.from_pretrained(PATH)",
-                "images = pipe([0, 1, 2], output_type='pil').images", "```",
-                "or `sfd sample --model PATH --class 2 --n 16 --out samples/`."]
+    def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
+        lines = ["```python", "from pipelines import OneStepClassPipeline", "pipe = OneStepClassPipeline.from_pretrained(PATH)",
+                 "images = pipe([0, 1, 2], output_type='pil').images", "```",
+                 "or `sfd sample --model PATH --class 2 --n 16 --out samples/`."]
+        if lora:
+            lines += ["", "The generator's LoRA adapter alone (peft keys, `generator/` prefix) is in `sfd_adapters.safetensors`; "
+                      "UNet2DModel has no diffusers LoRA loader, so use the merged `unet/` above."]
+        return lines
+
+    def lora_targets(self) -> list[str]:
+        # UNet2DModel without attention: LoRA on the convolutions, time and class embeddings (DESIGN.md section 2.2).
+        return ["conv_in", "conv_out", "conv1", "conv2", "conv_shortcut", "time_emb_proj", "class_embedding"]
 
     def preset(self, world_meta: dict) -> str:
         return "class"

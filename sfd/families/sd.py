@@ -106,10 +106,37 @@ class StableDiffusionFamily(ModelFamily):
     def image_size(self, pipe) -> int:
         return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
-    def usage(self) -> list[str]:
-        return ["```python", "from pipelines import OneStepTextPipeline", "pipe = OneStepTextPipeline.from_pretrained(PATH)",
-                "images = pipe(['a photo of a dog'], output_type='pil').images", "```",
-                "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`."]
+    def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
+        """`sigma_init`: the noise level of a generator with SiD's convention, for the stock-diffusers recipe."""
+        lines = ["```python", "from pipelines import OneStepTextPipeline", "pipe = OneStepTextPipeline.from_pretrained(PATH)",
+                 "images = pipe(['a photo of a dog'], output_type='pil').images", "```",
+                 "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`."]
+        if sigma_init is None:
+            return lines
+        step = ["pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing')",
+                f"images = pipe(['a photo of a dog'], sigmas=[{sigma_init:.6g}, 0.0], guidance_scale=1.0).images", "```"]
+        lines += ["", "With stock diffusers only: one Euler step from the generator's noise level sigma_init.", "```python",
+                  "from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline",
+                  "pipe = StableDiffusionPipeline.from_pretrained(PATH, safety_checker=None)  # the merged generator as its UNet",
+                  *step]
+        if lora:
+            lines += ["", "Or the generator's LoRA adapter alone (`lora/`, diffusers' key format) on the teacher:", "```python",
+                      "pipe = StableDiffusionPipeline.from_pretrained(TEACHER, safety_checker=None)",
+                      "pipe.load_lora_weights(PATH + '/lora')", *step]
+        return lines
+
+    def lora_targets(self) -> list[str]:
+        # Attention, feed-forward and resnet layers, the module list of diffusers' LCM-LoRA training script.
+        return ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+
+    def save_lora(self, teacher, folder, state: dict, rank: int, targets: list[str]) -> None:
+        """`lora/pytorch_lora_weights.safetensors` in diffusers' key format: `pipe.load_lora_weights(folder/lora)` on the
+        teacher's StableDiffusionPipeline (or `unet.load_lora_adapter`)."""
+        teacher_cls, _ = self.pipeline_types()
+        # peft's key names (lora_A / lora_B), which diffusers loads as they are; its older "lora.down" format lost
+        # the attention layers on loading (measured: 94 of 158 tensors loaded).
+        teacher_cls.save_lora_weights(str(folder / "lora"), unet_lora_layers=dict(state), safe_serialization=True)
 
     def preset(self, world_meta: dict) -> str:
         from ..config import PRESETS
