@@ -331,6 +331,9 @@ def run_attack(model: LoadedModel, detector, cfg: AttackSettings, items: Sequenc
     grad_soft, grad_hard = [False] * len(pairs), [False] * len(pairs)
     if not cfg.gradient:
         result["gradient"] = {"ran": False, "note": "gradient search switched off"}
+    elif not model.family.soft_prompt_search:
+        result["gradient"] = {"ran": False, "note": (f"gradient soft-prompt search is not available for {model.family.description} "
+                              "models yet (it edits one CLIP text encoder's token embeddings); the paraphrase search still ran.")}
     elif not model.one_step:
         result["gradient"] = {"ran": False, "note": (f"gradient soft-prompt search skipped for {model.label}: it is a multi-step "
                               f"{model.pipeline} ({model.steps} sampler steps); backpropagating through the sampler is too expensive. "

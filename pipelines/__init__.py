@@ -2,5 +2,6 @@
 
 from .class_conditional import ClassConditionalPipeline, OneStepClassPipeline
 from .text_to_image import OneStepTextPipeline
+from .text_to_image_xl import OneStepTextXLPipeline
 
-__all__ = ["ClassConditionalPipeline", "OneStepClassPipeline", "OneStepTextPipeline"]
+__all__ = ["ClassConditionalPipeline", "OneStepClassPipeline", "OneStepTextPipeline", "OneStepTextXLPipeline"]

@@ -14,6 +14,7 @@ import torch
 
 from .errors import SFDError
 from .losses import Cond
+from .tree import tree_cat, tree_len, tree_map, tree_where
 
 RANDOM = "random"
 
@@ -163,16 +164,23 @@ class TextForgetSpec:
         }
 
     def encode(self, encode_fn) -> "TextConditions":
-        """Embed every prompt once with the frozen text encoder; `encode_fn(list[str]) -> (n, tokens, dim)`."""
-        retain = encode_fn(list(self.retain_prompts))
-        forget = encode_fn([p for p, _ in self.pairs]) if self.pairs else retain[:0]
-        override = encode_fn([o for _, o in self.pairs]) if self.pairs else retain[:0]
-        empty, negative = encode_fn(["", self.negative_prompt]).chunk(2)
+        """Embed every prompt once with the frozen text encoder(s); `encode_fn(list[str])` returns the UNet's
+        conditioning of the prompts: a tensor (n, tokens, dim) of encoder_hidden_states, or a nested dict of them."""
+        def enc(prompts):
+            out = encode_fn(prompts)
+            return out if isinstance(out, dict) else {"encoder_hidden_states": out}
+
+        retain = enc(list(self.retain_prompts))
+        none = tree_map(lambda t: t[:0], retain)
+        forget = enc([p for p, _ in self.pairs]) if self.pairs else none
+        override = enc([o for _, o in self.pairs]) if self.pairs else none
+        both = enc(["", self.negative_prompt])
+        empty, negative = tree_map(lambda t: t[:1], both), tree_map(lambda t: t[1:], both)
         return TextConditions(self, retain, forget, override, empty, negative)
 
 
 class TextConditions:
-    """Embedding tables of a `TextForgetSpec`, sampled into condition batches for the trainer."""
+    """Conditioning tables of a `TextForgetSpec` (nested dicts of batch-first tensors), sampled into condition batches."""
 
     def __init__(self, spec: TextForgetSpec, retain, forget, override, empty, negative):
         self.spec, self.retain, self.forget, self.override = spec, retain, forget, override
@@ -186,21 +194,19 @@ class TextConditions:
         return self.spec.describe()
 
     def to(self, device) -> "TextConditions":
-        return TextConditions(self.spec, *(t.to(device) for t in (self.retain, self.forget, self.override, self.empty, self.negative)))
+        move = lambda t: tree_map(lambda v: v.to(device), t)  # noqa: E731
+        return TextConditions(self.spec, *(move(t) for t in (self.retain, self.forget, self.override, self.empty, self.negative)))
 
     def sample(self, n_retain: int, n_forget: int, gen: torch.Generator, device, for_fake_training: bool = False) -> ConditionBatch:
-        r = torch.randint(len(self.retain), (n_retain,), generator=gen)
-        f = torch.randint(len(self.forget), (n_forget,), generator=gen) if n_forget else torch.zeros(0, dtype=torch.long)
-        fake = torch.cat([self.retain[r], self.forget[f]])
-        teacher = torch.cat([self.retain[r], self.override[f]])
+        r = torch.randint(tree_len(self.retain), (n_retain,), generator=gen)
+        f = torch.randint(tree_len(self.forget), (n_forget,), generator=gen) if n_forget else torch.zeros(0, dtype=torch.long)
+        rows = lambda table, idx: tree_map(lambda v: v[idx.to(v.device)], table)  # noqa: E731
+        fake = tree_cat([rows(self.retain, r), rows(self.forget, f)])
+        teacher = tree_cat([rows(self.retain, r), rows(self.override, f)])
         if for_fake_training and self.spec.prompt_dropout > 0:
-            drop = torch.rand(len(fake), generator=gen) < self.spec.prompt_dropout
-            fake = torch.where(drop.view(-1, 1, 1).to(fake.device), self.empty.expand_as(fake), fake)
+            drop = torch.rand(n_retain + n_forget, generator=gen) < self.spec.prompt_dropout
+            fake = tree_where(drop, self.empty, fake)
         n = n_retain + n_forget
-        uncond = {"encoder_hidden_states": self.negative.expand(n, -1, -1).to(device)}
-        return ConditionBatch(
-            Cond({"encoder_hidden_states": fake.to(device)}, uncond),
-            Cond({"encoder_hidden_states": teacher.to(device)}, uncond),
-            n_retain,
-            n_forget,
-        )
+        to = lambda t: tree_map(lambda v: v.to(device), t)  # noqa: E731
+        uncond = tree_map(lambda v: v.expand(n, *v.shape[1:]).to(device), self.negative)
+        return ConditionBatch(Cond(to(fake), uncond), Cond(to(teacher), uncond), n_retain, n_forget)

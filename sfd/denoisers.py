@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .schedules import DiscreteVPSchedule
+from .tree import tree_cat, tree_map
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -35,7 +36,7 @@ class Denoiser(nn.Module):
 
     def _network(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         dtype = next(self.unet.parameters()).dtype
-        cond = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in cond.items()}
+        cond = tree_map(lambda v: v.to(dtype) if torch.is_floating_point(v) else v, cond)
         return self.unet(x_t.to(dtype), t, **cond, return_dict=False)[0].float()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: dict) -> torch.Tensor:
@@ -79,7 +80,7 @@ def guided(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: dict,
     """Classifier-free guidance D_u + scale * (D_c - D_u), in one batched call; scale 1 (or no uncond) is plain D_c."""
     if uncond is None or scale == 1.0:
         return denoiser(x, sigma, cond)
-    both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+    both = tree_cat([uncond, cond])
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
     sigma2 = torch.cat([sigma, sigma]) if sigma.ndim else sigma
     d_u, d_c = denoiser(torch.cat([x, x]), sigma2, both).chunk(2)

@@ -12,24 +12,25 @@ from dataclasses import dataclass
 import torch
 
 from .denoisers import Denoiser, guided
+from .tree import tree_cat, tree_len
 
 
 @dataclass
 class Cond:
-    """UNet conditioning of a batch: `cond` kwargs, and `uncond` kwargs for guidance (None: no guidance)."""
+    """UNet conditioning of a batch: `cond` kwargs (nested dicts of batch-first tensors), and `uncond` kwargs for
+    guidance (None: no guidance)."""
 
     cond: dict
     uncond: dict | None = None
 
     def __len__(self) -> int:
-        return len(next(iter(self.cond.values())))
+        return tree_len(self.cond)
 
     def cat(self, other: "Cond") -> "Cond":
-        both = {k: torch.cat([v, other.cond[k]]) for k, v in self.cond.items()}
         if (self.uncond is None) != (other.uncond is None):
             raise ValueError("cannot concatenate a guided and an unguided conditioning")
-        un = None if self.uncond is None else {k: torch.cat([v, other.uncond[k]]) for k, v in self.uncond.items()}
-        return Cond(both, un)
+        un = None if self.uncond is None else tree_cat([self.uncond, other.uncond])
+        return Cond(tree_cat([self.cond, other.cond]), un)
 
 
 def _pixels(x: torch.Tensor) -> tuple[int, ...]:

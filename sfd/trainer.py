@@ -29,6 +29,7 @@ from .errors import DivergenceError, Interrupted, SFDError
 from .generators import OneStepConvention
 from .losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
 from .roles import FullRoles
+from .tree import tree_map
 
 STATE_FORMAT = "sfd-training-state-1"
 
@@ -48,11 +49,7 @@ def _check_finite(loss: torch.Tensor, name: str, step: int) -> None:
 
 
 def _rows(x: torch.Tensor | dict | None, idx: torch.Tensor):
-    if x is None:
-        return None
-    if isinstance(x, dict):
-        return {k: v[idx.to(v.device)] for k, v in x.items()}
-    return x[idx.to(x.device)]
+    return None if x is None else tree_map(lambda v: v[idx.to(v.device)], x)
 
 
 class SFDTrainer:

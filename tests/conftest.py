@@ -71,3 +71,39 @@ def tiny_sd_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("sd") / "tiny-sd"
     build_tiny_sd().save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_tiny_sdxl(seed: int = 0):
+    """A tiny random StableDiffusionXLPipeline from configs (diffusers' SDXL dummy-component sizes)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from sfd.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=32)
+    torch.manual_seed(seed + 2)
+    te1 = CLIPTextModel(CLIPTextConfig(**text))
+    torch.manual_seed(seed + 3)
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**text))
+    sched = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=build_clip_tokenizer(),
+                                     tokenizer_2=build_clip_tokenizer(), unet=unet, scheduler=sched)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
+    build_tiny_sdxl().save_pretrained(path, safe_serialization=True)
+    return path

@@ -69,6 +69,10 @@ def test_prompt_dropout_replaces_fake_training_conditions_with_empty_prompt():
     b = conds.sample(200, 0, torch.Generator().manual_seed(0), "cpu", for_fake_training=True)
     dropped = (b.fake.cond["encoder_hidden_states"] == 0).float().mean()
     assert 0.35 < dropped < 0.65
+    rare = TextForgetSpec.build(["red"], "blue", ["a green square"], prompt_dropout=0.1).encode(
+        lambda ps: torch.tensor([0.0 if p == "" else 1.0 for p in ps]).view(-1, 1, 1))
+    few = (rare.sample(400, 0, torch.Generator().manual_seed(0), "cpu", for_fake_training=True).fake.cond["encoder_hidden_states"] == 0)
+    assert 0.05 < few.float().mean() < 0.15  # the dropped rows are the empty prompt's, at the dropout rate
     assert (b.teacher.cond["encoder_hidden_states"] == 1).all()
 
 

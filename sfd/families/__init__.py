@@ -18,8 +18,9 @@ from ..errors import SFDError
 from .base import ModelFamily
 from .class_unet import ClassUNetFamily
 from .sd import StableDiffusionFamily
+from .sdxl import StableDiffusionXLFamily
 
-FAMILIES: tuple[ModelFamily, ...] = (ClassUNetFamily(), StableDiffusionFamily())
+FAMILIES: tuple[ModelFamily, ...] = (ClassUNetFamily(), StableDiffusionFamily(), StableDiffusionXLFamily())
 
 
 def family_named(name: str) -> ModelFamily:

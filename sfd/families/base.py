@@ -26,6 +26,7 @@ class ModelFamily:
     one_step_pipeline: str  # ... of a one-step generator made by `sfd distill` / `sfd erase`
     condition_kind: str  # what a user gives per image: "class" (a class name or index) or "text" (a prompt)
     metrics: str  # which world metrics apply: "judge" (a class judge) or "clip" (CLIP concept detection)
+    soft_prompt_search: bool = False  # whether `sfd attack`'s gradient soft-prompt search supports this family
 
     @property
     def pipeline_classes(self) -> tuple[str, str]:

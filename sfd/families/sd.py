@@ -22,6 +22,7 @@ class StableDiffusionFamily(ModelFamily):
     one_step_pipeline = "OneStepTextPipeline"
     condition_kind = "text"
     metrics = "clip"
+    soft_prompt_search = True  # evaluators.attack edits the token embeddings of its one CLIP text encoder
 
     def pipeline_types(self):
         from diffusers import StableDiffusionPipeline
@@ -44,13 +45,17 @@ class StableDiffusionFamily(ModelFamily):
             raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected a {self.description} folder or an SFD one-step model")
         teacher_cls, one_step_cls = self.pipeline_types()
         cls = one_step_cls if kind == self.one_step_pipeline else teacher_cls
-        extra = {} if cls is one_step_cls else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        extra = {} if cls is one_step_cls else self.load_kwargs(cls)
         try:
             pipe = cls.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=not allow_pickle, **extra)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
             raise SFDError(f"could not load {path}: {first_line(e)}") from None
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
+
+    def load_kwargs(self, cls) -> dict:
+        """Extra from_pretrained arguments of the teacher pipeline: no safety checker (our detectors judge images)."""
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     # ----------------------------------------------------------------------------------------- training
     def encode(self, pipe, prompts: list[str], device=None) -> torch.Tensor:
@@ -77,9 +82,11 @@ class StableDiffusionFamily(ModelFamily):
     def check_base_conditioning(self, teacher, base, where: str) -> None:
         import torch
 
-        a, b = self.encode(teacher, [PROBE_PROMPT]), self.encode(base, [PROBE_PROMPT]).to(teacher.device)
-        if a.shape != b.shape or not torch.allclose(a, b, atol=1e-3):
-            raise SFDError(f"{where}: its text encoder does not encode prompts as the teacher's does (another text encoder or tokenizer)")
+        from ..tree import tree_leaves
+
+        a, b = tree_leaves(self.encode(teacher, [PROBE_PROMPT])), tree_leaves(self.encode(base, [PROBE_PROMPT]))
+        if len(a) != len(b) or not all(x.shape == y.shape and torch.allclose(x, y.to(x.device), atol=1e-3) for x, y in zip(a, b)):
+            raise SFDError(f"{where}: its text encoder(s) do not encode prompts as the teacher's do (another text encoder or tokenizer)")
 
     def one_step_pipeline_from(self, teacher, unet, convention: OneStepConvention):
         _, one_step_cls = self.pipeline_types()
@@ -106,9 +113,12 @@ class StableDiffusionFamily(ModelFamily):
     def image_size(self, pipe) -> int:
         return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
+    stock_load_args = ", safety_checker=None"  # what from_pretrained of the stock teacher pipeline needs here
+
     def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
         """`sigma_init`: the noise level of a generator with SiD's convention, for the stock-diffusers recipe."""
-        lines = ["```python", "from pipelines import OneStepTextPipeline", "pipe = OneStepTextPipeline.from_pretrained(PATH)",
+        one, stock = self.one_step_pipeline, self.teacher_pipeline
+        lines = ["```python", f"from pipelines import {one}", f"pipe = {one}.from_pretrained(PATH)",
                  "images = pipe(['a photo of a dog'], output_type='pil').images", "```",
                  "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`."]
         if sigma_init is None:
@@ -116,13 +126,11 @@ class StableDiffusionFamily(ModelFamily):
         step = ["pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing')",
                 f"images = pipe(['a photo of a dog'], sigmas=[{sigma_init:.6g}, 0.0], guidance_scale=1.0).images", "```"]
         lines += ["", "With stock diffusers only: one Euler step from the generator's noise level sigma_init.", "```python",
-                  "from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline",
-                  "pipe = StableDiffusionPipeline.from_pretrained(PATH, safety_checker=None)  # the merged generator as its UNet",
-                  *step]
+                  f"from diffusers import EulerDiscreteScheduler, {stock}",
+                  f"pipe = {stock}.from_pretrained(PATH{self.stock_load_args})  # the merged generator as its UNet", *step]
         if lora:
             lines += ["", "Or the generator's LoRA adapter alone (`lora/`, diffusers' key format) on the teacher:", "```python",
-                      "pipe = StableDiffusionPipeline.from_pretrained(TEACHER, safety_checker=None)",
-                      "pipe.load_lora_weights(PATH + '/lora')", *step]
+                      f"pipe = {stock}.from_pretrained(TEACHER{self.stock_load_args})", "pipe.load_lora_weights(PATH + '/lora')", *step]
         return lines
 
     def lora_targets(self) -> list[str]:
@@ -132,7 +140,7 @@ class StableDiffusionFamily(ModelFamily):
 
     def save_lora(self, teacher, folder, state: dict, rank: int, targets: list[str]) -> None:
         """`lora/pytorch_lora_weights.safetensors` in diffusers' key format: `pipe.load_lora_weights(folder/lora)` on the
-        teacher's StableDiffusionPipeline (or `unet.load_lora_adapter`)."""
+        teacher's pipeline (or `unet.load_lora_adapter`)."""
         teacher_cls, _ = self.pipeline_types()
         # peft's key names (lora_A / lora_B), which diffusers loads as they are; its older "lora.down" format lost
         # the attention layers on loading (measured: 94 of 158 tensors loaded).
