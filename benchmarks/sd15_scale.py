@@ -1,13 +1,19 @@
-"""Memory and step time of SFD at Stable Diffusion 1.5 size (three 860M-parameter UNets), random weights.
+"""Memory and step time of SFD at real size (SD-1.5: 860M, SDXL: 2.6B parameters), full and LoRA roles, random weights.
 
-  python benchmarks/sd15_scale.py --paper            # the estimate from parameter counts alone (no GPU needed)
-  python benchmarks/sd15_scale.py --steps 5          # measured on a CUDA GPU: 512x512 (64x64 latents), bf16
-  python benchmarks/sd15_scale.py --tiny --steps 2   # the same code path with a tiny UNet on the CPU (a smoke test)
+  python benchmarks/sd15_scale.py --paper                                # static memory from parameter counts, every mode
+  python benchmarks/sd15_scale.py --model sd15 --mode lora --steps 1     # one measured configuration (CPU fp32 or CUDA)
+  python benchmarks/sd15_scale.py --all --resolutions 256,512            # every (model, mode) in its own process
+  python benchmarks/sd15_scale.py --tiny --steps 2                       # the same code path with a tiny UNet (smoke test)
 
-Nothing is downloaded: the UNet is built from SD-1.5's published architecture (below) with random weights,
-and text embeddings are random 77x768 tensors, which cost the same as CLIP's. The run uses what `sfd erase`
-uses on a GPU for a model this big: the frozen teacher in bf16, gradient checkpointing and bf16 autocast for
-the generator and the fake score (both fp32 master weights with Adam).
+Nothing is downloaded: the UNets are built from the published configs below with random weights, and the text
+conditioning is random tensors of the real shapes (77 x 768 for SD-1.5; 77 x 2048, a pooled 1280 and 6 time ids for
+SDXL), which cost the UNet what real prompts cost. What runs is what `sfd erase` runs for a model this big: gradient
+checkpointing, batch 1 retain + 1 forget, the SD stage-2 preset's guidance (a guided teacher and fake score).
+On a CPU everything is fp32 (bf16 is emulated and very slow on AVX2-only CPUs) and the peak resident memory of the
+process (ru_maxrss) stands in for GPU memory: the same weights, gradients, optimizer states and activations. On
+CUDA the frozen UNet is bf16 with bf16 autocast, and the peak is torch.cuda.max_memory_allocated.
+Each `--all` configuration runs in a fresh process so that peaks do not mix; one that cannot fit this machine's
+memory (full mode at SDXL size) is counted on paper instead (`--paper`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,108 +32,217 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-# Stable Diffusion 1.5's UNet (runwayml/stable-diffusion-v1-5, unet/config.json), written out so that no download is needed.
+# runwayml/stable-diffusion-v1-5 unet/config.json, written out so that no download is needed.
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     cross_attention_dim=768, attention_head_dim=8,
 )
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    use_linear_projection=True,
+)
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
 )
+MODELS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET, "tiny": TINY_UNET}
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "tiny": 64}
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type="epsilon")
 GIB = 2**30
 
 
-def paper_estimate(n_params: int, frozen_bytes: int = 2) -> dict:
-    """Static memory of an SFD run from the UNet's parameter count: teacher (frozen, bf16), generator and fake
-    score (fp32 weights + fp32 gradients + Adam's two fp32 moments each), the generator's fp32 EMA."""
-    fp32 = 4 * n_params
+def count_params(model: str) -> int:
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in UNet2DConditionModel(**MODELS[model]).parameters())
+
+
+def lora_params(model: str, rank: int) -> int:
+    """Parameters of one LoRA adapter with the SD family's default targets, counted on the meta device."""
+    from diffusers import UNet2DConditionModel
+
+    from sfd import adapters
+    from sfd.families.sd import StableDiffusionFamily
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**MODELS[model])
+        adapters.add_adapter(unet, "g", rank, StableDiffusionFamily().lora_targets())
+        return sum(p.numel() for p in adapters.adapter_parameters(unet, "g"))
+
+
+def paper_estimate(n_params: int, frozen_bytes: int = 2, mode: str = "full", n_lora: int = 0) -> dict:
+    """Static memory from parameter counts: the frozen network (bf16 on a GPU), and per trained network its fp32
+    weights, gradients and Adam's two moments, plus the generator's fp32 EMA. Full mode trains two whole UNets;
+    LoRA mode trains two adapters on the one frozen UNet."""
+    trained = n_params if mode == "full" else n_lora
     parts = {
-        "teacher_bf16": frozen_bytes * n_params,
-        "generator_weights_grads_adam": 4 * fp32,
-        "fake_score_weights_grads_adam": 4 * fp32,
-        "generator_ema": fp32,
+        "frozen_unet": frozen_bytes * n_params,
+        "generator_weights_grads_adam": 16 * trained,
+        "fake_score_weights_grads_adam": 16 * trained,
+        "generator_ema": 4 * trained,
     }
     parts = {k: v / GIB for k, v in parts.items()}
     parts["total_static"] = sum(parts.values())
     return parts
 
 
-def build(tiny: bool, device: str):
-    from diffusers import UNet2DConditionModel
-
+def conditions(model: str, device: str):
+    """Random text conditioning with the real shapes, through the same TextForgetSpec the CLI builds."""
     from sfd.concepts import TextForgetSpec
-    from sfd.config import SD_PRESET
-    from sfd.denoisers import Denoiser
 
-    cfg = TINY_UNET if tiny else SD15_UNET
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**cfg)
-    teacher = Denoiser.from_unet_and_scheduler_config(unet, SD_SCHEDULER)
+    cfg = MODELS[model]
     dim = cfg["cross_attention_dim"]
     spec = TextForgetSpec.build(["nudity"], "a person, dressed", ["a photo of a dog", "a painting of a city"])
     gen = torch.Generator().manual_seed(0)
-    conditions = spec.encode(lambda prompts: torch.randn(len(prompts), 77, dim, generator=gen).to(device))
-    return unet, teacher, conditions, SD_PRESET.resolved(1.0), cfg
+
+    def encode(prompts):
+        n = len(prompts)
+        out = {"encoder_hidden_states": torch.randn(n, 77, dim, generator=gen).to(device)}
+        if cfg.get("addition_embed_type") == "text_time":
+            pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+            out["added_cond_kwargs"] = {"text_embeds": torch.randn(n, pooled, generator=gen).to(device),
+                                        "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]]).expand(n, -1).to(device)}
+        return out
+
+    return spec.encode(encode)
 
 
-def measure(tiny: bool, steps: int, batch: int, device: str) -> dict:
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux reports KiB
+
+
+def measure(model: str, mode: str, resolution: int, steps: int, device: str, rank: int = 16) -> dict:
+    from diffusers import UNet2DConditionModel
+
+    from sfd.config import preset
+    from sfd.denoisers import Denoiser
+    from sfd.families.sd import StableDiffusionFamily
+    from sfd.generators import OneStepConvention
+    from sfd.roles import FullRoles, LoraRoles
     from sfd.trainer import SFDTrainer
 
-    unet, teacher, conditions, config, cfg = build(tiny, device)
-    n_params = sum(p.numel() for p in unet.parameters())
-    config = config.replace(batch_retain=batch, batch_forget=batch, steps=steps + 1)
     cuda = device.startswith("cuda")
-    trainer = SFDTrainer(teacher, conditions, config, device, frozen_dtype=torch.bfloat16 if cuda else None,
-                         gradient_checkpointing=True, autocast_dtype=torch.bfloat16 if cuda else None)
-    del unet
+    latent = resolution // 8
+    rss_start = peak_rss_gib()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**MODELS[model], "sample_size": latent})
+    n_params = sum(p.numel() for p in unet.parameters())
+    teacher = Denoiser.from_unet_and_scheduler_config(unet, SD_SCHEDULER)
+    config = preset("sd", "erase").replace(batch_retain=1, batch_forget=1, steps=steps + 1).resolved(1.0)
+    frozen = torch.bfloat16 if cuda else None
+    common = dict(frozen_dtype=frozen, gradient_checkpointing=True)
+    t0 = time.perf_counter()
+    if mode == "lora":
+        roles = LoraRoles(teacher, OneStepConvention(config.t_init), device, rank=rank,
+                          targets=StableDiffusionFamily().lora_targets(), **common)
+        n_lora = sum(p.numel() for p in roles.generator_parameters())
+    else:
+        roles = FullRoles(teacher, OneStepConvention(config.t_init), device, **common)
+        n_lora = 0
+    del unet, teacher
+    trainer = SFDTrainer(roles, conditions(model, device), config, device, autocast_dtype=torch.bfloat16 if cuda else None,
+                         latent_shape=(4, latent, latent))
+    build_s = time.perf_counter() - t0
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    trainer.step()  # warm-up: allocator, kernels
-    sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(steps):
+    for i in range(steps + 1):  # the first iteration warms up allocators and kernels; it is not timed
         t0 = time.perf_counter()
         trainer.step()
         sync()
-        times.append(time.perf_counter() - t0)
+        if i:
+            times.append(time.perf_counter() - t0)
     out = {
-        "unet": "tiny" if tiny else "sd15", "unet_params": n_params, "latent": cfg["sample_size"],
-        "batch_retain": batch, "batch_forget": batch, "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "seconds_per_iteration": sorted(times)[len(times) // 2], "steps_timed": steps,
-        "paper_estimate_gib": paper_estimate(n_params),
+        "model": model, "mode": mode, "resolution": resolution, "latent": latent, "unet_params": n_params,
+        "lora_rank": rank if mode == "lora" else None, "lora_params_per_adapter": n_lora or None,
+        "batch": "1 retain + 1 forget", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "dtype": "bf16 frozen, bf16 autocast" if cuda else "fp32", "torch_threads": torch.get_num_threads(),
+        "build_seconds": build_s, "seconds_per_iteration": sorted(times)[len(times) // 2] if times else None, "steps_timed": steps,
+        "static_counted_gib": paper_estimate(n_params, 2 if cuda else 4, mode, n_lora),
     }
     if cuda:
         out["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+    else:
+        out["peak_rss_gib"] = peak_rss_gib()
+        out["rss_before_build_gib"] = rss_start
     return out
+
+
+def project(result: dict, resolution: int) -> dict:
+    """GPU memory at `resolution` from a CPU fp32 measurement (the method README states): the static bytes counted
+    for a bf16 frozen UNet, plus the measured activations (peak RSS - process baseline - fp32 static), scaled by
+    the latent area and halved for bf16 activations."""
+    static_fp32 = result["static_counted_gib"]["total_static"]
+    activations = max(0.0, result["peak_rss_gib"] - result["rss_before_build_gib"] - static_fp32)
+    n = result["unet_params"]
+    n_lora = result["lora_params_per_adapter"] or 0
+    static_gpu = paper_estimate(n, 2, result["mode"], n_lora)["total_static"]
+    scale = (resolution / result["resolution"]) ** 2
+    return {"resolution": resolution, "static_gib": static_gpu, "activations_gib": activations * scale / 2,
+            "total_gib": static_gpu + activations * scale / 2, "from_cpu_resolution": result["resolution"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--paper", action="store_true", help="only the parameter-count estimate (builds the UNet on the meta device)")
+    ap.add_argument("--paper", action="store_true", help="only the parameter-count estimates (UNets built on the meta device)")
+    ap.add_argument("--model", choices=["sd15", "sdxl"], default="sd15")
+    ap.add_argument("--mode", choices=["full", "lora"], default="lora")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet (CPU smoke test of the same code path)")
-    ap.add_argument("--steps", type=int, default=5, help="timed SFD iterations after one warm-up iteration")
-    ap.add_argument("--batch", type=int, default=1, help="retain and forget samples per iteration (each)")
+    ap.add_argument("--resolution", type=int, default=256, help="image size in pixels (latents are 1/8)")
+    ap.add_argument("--all", action="store_true", help="every (model, mode, --resolutions) that fits, each in its own process")
+    ap.add_argument("--resolutions", default="256", help="with --all: comma-separated image sizes")
+    ap.add_argument("--steps", type=int, default=1, help="timed SFD iterations after one warm-up iteration")
+    ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="also write the result here")
     a = ap.parse_args()
     if a.paper:
-        from diffusers import UNet2DConditionModel
-
-        with torch.device("meta"):
-            n = sum(p.numel() for p in UNet2DConditionModel(**(TINY_UNET if a.tiny else SD15_UNET)).parameters())
-        result = {"unet_params": n, "paper_estimate_gib": paper_estimate(n)}
+        result = {}
+        for m in ("sd15", "sdxl"):
+            n, n_lora = count_params(m), lora_params(m, a.rank)
+            result[m] = {"unet_params": n, "lora_params_per_adapter": n_lora, "lora_rank": a.rank,
+                         "full": paper_estimate(n, 2, "full"), "lora": paper_estimate(n, 2, "lora", n_lora)}
+    elif a.all:
+        result = {"runs": []}
+        cpu_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+        for m in ("sd15", "sdxl"):
+            for mode in ("lora", "full"):
+                n, n_lora = count_params(m), lora_params(m, a.rank)
+                need = paper_estimate(n, 4, mode, n_lora)["total_static"]
+                if not a.device.startswith("cuda") and need > 0.9 * cpu_limit:
+                    result["runs"].append({"model": m, "mode": mode, "skipped": f"static {need:.1f} GiB counted > this machine's "
+                                                                                  f"{cpu_limit:.0f} GiB"})
+                    print(f"{m} {mode}: counted only ({need:.1f} GiB static in fp32)", flush=True)
+                    continue
+                for res in [int(r) for r in a.resolutions.split(",")]:
+                    cmd = [sys.executable, __file__, "--model", m, "--mode", mode, "--resolution", str(res), "--steps", str(a.steps),
+                           "--rank", str(a.rank), "--device", a.device]
+                    print("running", " ".join(cmd[2:]), flush=True)
+                    r = subprocess.run(cmd, capture_output=True, text=True)
+                    if r.returncode:
+                        result["runs"].append({"model": m, "mode": mode, "resolution": res, "failed": r.stderr[-500:]})
+                        continue
+                    run = json.loads(r.stdout[r.stdout.index("{"):])
+                    if "peak_rss_gib" in run:
+                        run["gpu_projection"] = [project(run, NATIVE_RESOLUTION[m])]
+                    result["runs"].append(run)
+                    print(json.dumps({k: run[k] for k in ("model", "mode", "resolution", "seconds_per_iteration")}
+                                     | {"peak": run.get("peak_rss_gib", run.get("peak_allocated_gib"))}), flush=True)
     else:
-        if not a.tiny and not a.device.startswith("cuda"):
-            sys.exit("sd15_scale: the SD-1.5-size run needs a CUDA GPU; use --paper for the estimate or --tiny on a CPU")
-        result = measure(a.tiny, a.steps, a.batch, a.device)
+        model = "tiny" if a.tiny else a.model
+        result = measure(model, a.mode, 64 if a.tiny else a.resolution, a.steps, a.device, a.rank)
     print(json.dumps(result, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))
