@@ -262,6 +262,8 @@ def cmd_train_teacher(a) -> int:
         raise SFDError(f"unknown world {a.world!r}; available: digits, shapes")
     if a.world == "shapes":
         return _train_shapes_world(a)
+    if a.family != "sd" or a.components_from:
+        raise SFDError("--family and --components-from apply to the shapes world")
     from .worlds import digits
 
     out = check_output_dir(a.out, a.overwrite)
@@ -294,7 +296,15 @@ def _train_shapes_world(a) -> int:
     elif (out / "teacher").exists():
         raise SFDError(f"{out} already holds a finished world (teacher/); nothing to resume")
     tcfg = shapes.TeacherTrainConfig() if a.steps is None else replace(shapes.TeacherTrainConfig(), steps=a.steps)
-    stats = shapes.train_world(out, seed=a.seed, progress=not a.quiet, teacher_cfg=tcfg)
+    reuse = a.components_from
+    if reuse is None and a.family != "sd":  # another teacher structure beside the bundled world: its CLIP and VAE
+        from .models import checkpoints_dir
+
+        reuse = str(checkpoints_dir() / "shapes")
+    if reuse not in (None, "none") and not (Path(reuse) / "clip").is_dir():
+        raise SFDError(f"--components-from {reuse}: no shapes world there (expected clip/ and teacher/vae/)")
+    stats = shapes.train_world(out, seed=a.seed, progress=not a.quiet, teacher_cfg=tcfg, family=a.family,
+                               components_from=None if reuse in (None, "none") else reuse)
     ev = stats["evaluation"]
     print(f"shapes world -> {out}: teacher {tcfg.steps} steps; per-prompt colour rate min {ev['colour_min']:.0%}, "
           f"shape rate min {ev['shape_min']:.0%} (judged by the world's CLIP)")
@@ -429,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--resume", action="store_true", help="shapes: continue a stopped run in --out from its last finished stage")
+    t.add_argument("--family", choices=["sd", "sdxl"], default="sd",
+                   help="shapes: the teacher's structure; sdxl trains an SDXL-structured teacher (two text encoders, pooled "
+                        "embeddings, time ids) on the CLIP and VAE of --components-from")
+    t.add_argument("--components-from", help="shapes: reuse the CLIP and VAE of this world (default for --family sdxl: "
+                                             "checkpoints/shapes; 'none' trains them too)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train_teacher)
 

@@ -179,9 +179,16 @@ def test_training_functions_run(tokenizer):
     assert cstats["params"] > 0 and set(shapes.clip_accuracy(clip, n=8)) >= {"colour", "shape"}
     vae, vstats = shapes.train_vae(shapes.VaeTrainConfig(steps=2, batch_size=4, block_out_channels=(8, 8, 8), stats_images=8), progress=False)
     assert vae.config.scaling_factor == pytest.approx(1 / vstats["latent_std"])
-    unet, te, tstats = shapes.train_teacher(vae, tokenizer, shapes.TeacherTrainConfig(
-        steps=2, batch_size=4, dataset_size=8, block_out_channels=(32, 64), text_width=32, text_heads=2, text_layers=1), progress=False)
+    small = shapes.TeacherTrainConfig(steps=2, batch_size=4, dataset_size=8, block_out_channels=(32, 64), text_width=32, text_heads=2,
+                                      text_layers=1)
+    unet, [te], tstats = shapes.train_teacher(vae, tokenizer, small, progress=False)
     assert unet.config.cross_attention_dim == te.config.hidden_size == 32 and tstats["seconds_per_step"] > 0
+    # The SDXL-structured teacher: two encoders of half the width, pooled embedding and time ids, zeros for "".
+    unet, encoders, tstats = shapes.train_teacher(vae, tokenizer, small, progress=False, family="sdxl")
+    assert [e.config.hidden_size for e in encoders] == [16, 16] and unet.config.addition_embed_type == "text_time"
+    pipe = shapes.TEACHER_PARTS["sdxl"].pipeline(vae, encoders, tokenizer, unet)
+    images = pipe(["a red circle"], height=32, width=32, num_inference_steps=2, output_type="pt").images
+    assert images.shape == (1, 3, 32, 32)
 
 
 def test_sd_schedule_puts_sigma_2_5_at_t_625():

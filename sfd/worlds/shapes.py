@@ -475,16 +475,91 @@ def _encode_dataset(vae, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
     return torch.cat(means), torch.cat(stds), batch.colour_ids, batch.shape_ids
 
 
+class SDTeacherParts:
+    """The Stable Diffusion teacher of the world: one CLIP text encoder; dropped captions become "" for guidance."""
+
+    def text_encoders(self, cfg: TeacherTrainConfig) -> list:
+        return [build_text_encoder(cfg)]
+
+    def unet(self, cfg: TeacherTrainConfig, latent_channels: int):
+        return build_unet(cfg, latent_channels)
+
+    def unet_kwargs(self, encoders, tokens: torch.Tensor, dropped: torch.Tensor) -> dict:
+        """The UNet's conditioning of caption tokens (rows already swapped to "" where dropped)."""
+        return {"encoder_hidden_states": encoders[0](tokens)[0]}
+
+    def pipeline(self, vae, encoders, tokenizer, unet):
+        return make_pipeline(vae, encoders[0], tokenizer, unet)
+
+
+class SDXLTeacherParts:
+    """An SDXL-structured teacher of the same size: two CLIP text encoders of half the width (hidden states of
+    the penultimate layer concatenated, so the UNet's cross-attention width is the SD teacher's), the second's
+    projected pooled embedding and the size/crop time ids as `added_cond_kwargs` (addition_embed_type
+    "text_time"), and dropped captions as zeros, as StableDiffusionXLPipeline's force_zeros_for_empty_prompt."""
+
+    time_embed_dim = 8
+
+    def _text_config(self, cfg: TeacherTrainConfig):
+        from transformers import CLIPTextConfig
+
+        from .tokenizer import VOCAB_SIZE
+
+        w = cfg.text_width // 2
+        return CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=w, intermediate_size=4 * w, num_hidden_layers=cfg.text_layers + 1,
+                              num_attention_heads=max(1, cfg.text_heads // 2), max_position_embeddings=77, bos_token_id=49406,
+                              eos_token_id=49407, pad_token_id=49407, projection_dim=w)
+
+    def text_encoders(self, cfg: TeacherTrainConfig) -> list:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        return [CLIPTextModel(self._text_config(cfg)), CLIPTextModelWithProjection(self._text_config(cfg))]
+
+    def unet(self, cfg: TeacherTrainConfig, latent_channels: int):
+        from diffusers import UNet2DConditionModel
+
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.cross_attention)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.cross_attention))
+        return UNet2DConditionModel(
+            sample_size=IMAGE_SIZE // 4, in_channels=latent_channels, out_channels=latent_channels,
+            block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
+            down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_width,
+            attention_head_dim=cfg.attention_head_dim, norm_num_groups=32, addition_embed_type="text_time",
+            addition_time_embed_dim=self.time_embed_dim, projection_class_embeddings_input_dim=6 * self.time_embed_dim + cfg.text_width // 2,
+        )
+
+    def unet_kwargs(self, encoders, tokens: torch.Tensor, dropped: torch.Tensor) -> dict:
+        outs = [e(tokens, output_hidden_states=True) for e in encoders]
+        hidden = torch.cat([o.hidden_states[-2] for o in outs], dim=-1)
+        pooled = outs[1][0]
+        keep = (~dropped).to(hidden.dtype)
+        time_ids = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE]], dtype=hidden.dtype).expand(len(tokens), -1)
+        return {"encoder_hidden_states": hidden * keep.view(-1, 1, 1),
+                "added_cond_kwargs": {"text_embeds": pooled * keep.view(-1, 1), "time_ids": time_ids}}
+
+    def pipeline(self, vae, encoders, tokenizer, unet):
+        from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=encoders[0].eval(), text_encoder_2=encoders[1].eval(),
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet.eval(),
+                                         scheduler=DPMSolverMultistepScheduler(**scheduler_config()), force_zeros_for_empty_prompt=True)
+
+
+TEACHER_PARTS = {"sd": SDTeacherParts(), "sdxl": SDXLTeacherParts()}  # `sfd train-teacher shapes --family NAME`
+
+
 def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig(), progress: bool = True,
-                  snapshot_every: int = 0, on_snapshot=None):
-    """Epsilon-prediction training of the UNet and the text encoder together, on VAE latents; returns
-    (EMA unet, EMA text encoder, stats). `on_snapshot(step, unet, text_encoder)` gets EMA copies."""
+                  snapshot_every: int = 0, on_snapshot=None, family: str = "sd"):
+    """Epsilon-prediction training of the UNet and the text encoder(s) together, on VAE latents; returns
+    (EMA unet, [EMA text encoders], stats). `on_snapshot(step, unet, text_encoders)` gets EMA copies.
+    `family` picks the teacher's structure (TEACHER_PARTS): Stable Diffusion's or SDXL's."""
+    parts = TEACHER_PARTS[family]
     torch.manual_seed(cfg.seed)
-    unet, text_encoder = build_unet(cfg, vae.config.latent_channels), build_text_encoder(cfg)
-    unet.train()
-    text_encoder.train()
-    ema_u, ema_t = EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)
-    params = [*unet.parameters(), *text_encoder.parameters()]
+    unet, encoders = parts.unet(cfg, vae.config.latent_channels), parts.text_encoders(cfg)
+    for m in (unet, *encoders):
+        m.train()
+    emas = [EMA(m, cfg.ema_decay) for m in (unet, *encoders)]
+    params = [p for m in (unet, *encoders) for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     t_enc = time.perf_counter()
     mean, std, colour_ids, shape_ids = _encode_dataset(vae, cfg.dataset_size, cfg.seed + 1)
@@ -497,6 +572,11 @@ def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig()
     abar = DiscreteVPSchedule.from_scheduler_config(scheduler_config())
     abar = (1 + abar.sigmas**2).reciprocal()  # abar_t = 1 / (1 + sigma_t^2)
     gen = torch.Generator().manual_seed(cfg.seed)
+
+    def ema_copies():
+        fresh = [parts.unet(cfg, vae.config.latent_channels), *parts.text_encoders(cfg)]
+        return [e.copy_to(m).eval() for e, m in zip(emas, fresh)]
+
     t0 = time.perf_counter()
     bar = tqdm(range(1, cfg.steps + 1), desc="teacher", disable=not progress)
     for step in bar:
@@ -506,13 +586,13 @@ def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig()
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
         template = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
         row = (colour_ids[idx] * len(SHAPES) + shape_ids[idx]) * len(TEMPLATES) + template
-        row = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout, uncond, row)
+        dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout
+        row = torch.where(dropped, uncond, row)
         t = torch.randint(len(abar), (cfg.batch_size,), generator=gen)
         eps = torch.randn(z0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        hidden = text_encoder(tokens[row])[0]
-        pred = unet(z_t, t, encoder_hidden_states=hidden).sample
+        pred = unet(z_t, t, **parts.unet_kwargs(encoders, tokens[row], dropped)).sample
         snr = abar[t] / (1 - abar[t])
         weight = snr.clamp(max=cfg.min_snr_gamma) / snr
         loss = (weight * ((pred - eps) ** 2).mean((1, 2, 3))).mean()
@@ -520,20 +600,19 @@ def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema_u.update(unet)
-        ema_t.update(text_encoder)
+        for e, m in zip(emas, (unet, *encoders)):
+            e.update(m)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if snapshot_every and on_snapshot and step % snapshot_every == 0:
-            on_snapshot(step, ema_u.copy_to(build_unet(cfg, vae.config.latent_channels)).eval(), ema_t.copy_to(build_text_encoder(cfg)).eval())
+            copies = ema_copies()
+            on_snapshot(step, copies[0], copies[1:])
     seconds = time.perf_counter() - t0
-    unet = ema_u.copy_to(build_unet(cfg, vae.config.latent_channels)).eval()
-    text_encoder = ema_t.copy_to(build_text_encoder(cfg)).eval()
+    unet, *encoders = ema_copies()
     stats = {"train_seconds": seconds, "encode_dataset_seconds": encode_seconds, "seconds_per_step": seconds / cfg.steps,
-             "unet_params": sum(p.numel() for p in unet.parameters()),
-             "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()), **asdict(cfg)}
-    return unet, text_encoder, stats
-
+             "family": family, "unet_params": sum(p.numel() for p in unet.parameters()),
+             "text_encoder_params": sum(p.numel() for e in encoders for p in e.parameters()), **asdict(cfg)}
+    return unet, encoders, stats
 
 
 # ------------------------------------------------------------------------------------ saving and timing
@@ -564,22 +643,24 @@ def save_teacher(pipe, path: str | Path, meta: dict, dtype: torch.dtype = torch.
             pipe.save_pretrained(path, safe_serialization=True)
         finally:
             pipe.to(dtype=torch.float32)
-    shutil.rmtree(path / "tokenizer", ignore_errors=True)
-    save_clip_tokenizer(path / "tokenizer", pipe.tokenizer.model_max_length)
-    te_config = path / "text_encoder" / "config.json"
-    cfg = json.loads(te_config.read_text())
-    cfg.update({k: "float32" for k in ("dtype", "torch_dtype") if k in cfg})
-    te_config.write_text(json.dumps(cfg, indent=2))
+    for name in ("tokenizer", "tokenizer_2"):
+        if (path / name).is_dir():
+            shutil.rmtree(path / name)
+            save_clip_tokenizer(path / name, pipe.tokenizer.model_max_length)
+    for name in ("text_encoder", "text_encoder_2"):
+        te_config = path / name / "config.json"
+        if te_config.is_file():
+            cfg = json.loads(te_config.read_text())
+            cfg.update({k: "float32" for k in ("dtype", "torch_dtype") if k in cfg})
+            te_config.write_text(json.dumps(cfg, indent=2))
     (path / "sfd_world.json").write_text(json.dumps(meta, indent=2))
 
 
 def load_teacher(path: str | Path, device: str = "cpu"):
-    """The world's teacher as a float32 StableDiffusionPipeline (offline)."""
-    from diffusers import StableDiffusionPipeline
+    """The world's teacher as a float32 pipeline of its family (offline)."""
+    from ..families import load_model
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return load_model(str(path), device)[1]
 
 
 @torch.no_grad()
@@ -596,17 +677,25 @@ def time_components(pipe, batch: int = 64, num_inference_steps: int = DEFAULT_NU
             times.append(time.perf_counter() - t0)
         return min(times)
 
+    from ..families import family_of_pipeline
+    from ..tree import tree_cat
+
+    family = family_of_pipeline(type(pipe).__name__)
     prompts = [caption(i % len(COLOURS), i % len(SHAPES)) for i in range(batch)]
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-    hidden = pipe.text_encoder(ids)[0]
+
+    def encode():
+        cond = family.encode(pipe, prompts)
+        return cond if isinstance(cond, dict) else {"encoder_hidden_states": cond}
+
+    cond = encode()
     c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     z = torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(0))
     t = torch.full((batch,), 500)
     out = {
         "batch": batch,
-        "text_encode": best(lambda: pipe.text_encoder(ids)),
-        "unet": best(lambda: pipe.unet(z, t, encoder_hidden_states=hidden)),
-        "unet_cfg_batch": best(lambda: pipe.unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([hidden, hidden]))),
+        "text_encode": best(encode),
+        "unet": best(lambda: pipe.unet(z, t, **cond)),
+        "unet_cfg_batch": best(lambda: pipe.unet(torch.cat([z, z]), torch.cat([t, t]), **tree_cat([cond, cond]))),
         "vae_decode": best(lambda: pipe.vae.decode(z / pipe.vae.config.scaling_factor)),
     }
     pipe.set_progress_bar_config(disable=True)
@@ -630,13 +719,17 @@ def train_world(
     eval_per_prompt: int = 32,
     num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    family: str = "sd",
+    components_from: str | Path | None = None,
 ) -> dict:
     """Train the whole world into out_dir/clip and out_dir/teacher; returns (and records) the statistics.
 
-    Stages: the CLIP evaluator, the VAE, then UNet + text encoder on the VAE's latents. The teacher is
+    Stages: the CLIP evaluator, the VAE, then UNet + text encoder(s) on the VAE's latents. The teacher is
     evaluated after a save/load round trip, so the numbers describe the half-precision weights that ship.
     `seed` replaces the seed of every stage's config. A run that was stopped continues from its last finished
     stage: an existing out_dir/clip and out_dir/vae_stage (the VAE until the teacher is saved) are reused.
+    `family` is the teacher's structure (TEACHER_PARTS). `components_from`: an existing world whose CLIP and VAE
+    are reused, so that only the teacher is trained (an SDXL-structured teacher beside the bundled world).
     """
     from dataclasses import replace
 
@@ -648,7 +741,15 @@ def train_world(
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    if (out / "clip" / "open_clip_config.json").is_file():  # a finished stage of an interrupted run
+    if components_from is not None:
+        from diffusers import AutoencoderKL
+
+        src = Path(components_from)
+        clip = ClipEvaluator.from_pretrained(src / "clip")
+        clip_stats = {"reused_from": str(src / "clip")}
+        vae = AutoencoderKL.from_pretrained(src / "teacher" / "vae", use_safetensors=True).float().eval().requires_grad_(False)
+        vae_stats = {"reused_from": str(src / "teacher" / "vae")}
+    elif (out / "clip" / "open_clip_config.json").is_file():  # a finished stage of an interrupted run
         clip = ClipEvaluator.from_pretrained(out / "clip")
         clip_stats = clip.extra.get("training", {})
     else:
@@ -662,7 +763,9 @@ def train_world(
         clip.save_pretrained(out / "clip")
 
     vae_stage = out / "vae_stage"
-    if (vae_stage / "config.json").is_file():
+    if components_from is not None:
+        pass
+    elif (vae_stage / "config.json").is_file():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_stage, use_safetensors=True).eval().requires_grad_(False)
@@ -672,13 +775,15 @@ def train_world(
         vae.save_pretrained(vae_stage, safe_serialization=True)
         (vae_stage / "training.json").write_text(json.dumps(vae_stats, indent=2))
     tokenizer = build_clip_tokenizer()
-    unet, text_encoder, teacher_stats = train_teacher(vae, tokenizer, replace(teacher_cfg, seed=seed), progress)
+    unet, encoders, teacher_stats = train_teacher(vae, tokenizer, replace(teacher_cfg, seed=seed), progress, family=family)
     training = {"seed": seed, "clip": clip_stats, "vae": vae_stats, "teacher": teacher_stats,
                 "train_seconds_total": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}
-    pipe = make_pipeline(vae, text_encoder, tokenizer, unet)
-    meta = world_meta(num_inference_steps, guidance_scale, training=training)
+    pipe = TEACHER_PARTS[family].pipeline(vae, encoders, tokenizer, unet)
+    meta = world_meta(num_inference_steps, guidance_scale, training=training, family=family)
+    if components_from is not None:
+        meta["clip"] = str(Path(components_from) / "clip")
     save_teacher(pipe, out / "teacher", meta)
-    shutil.rmtree(vae_stage)  # the VAE now lives in teacher/vae
+    shutil.rmtree(vae_stage, ignore_errors=True)  # the VAE now lives in teacher/vae
 
     pipe = load_teacher(out / "teacher")
     meta["evaluation"] = evaluate_teacher(pipe, clip, eval_per_prompt, seed=seed, num_inference_steps=num_inference_steps,
