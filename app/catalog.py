@@ -18,6 +18,7 @@ from sfd.families import FAMILIES, family_of_pipeline
 SCAN_DEPTH = 3  # checkpoints/<world>/<model> and runs/<name>/<model> are found; deeper folders are not scanned
 SHAPES_TEACHER = ("shapes", "teacher")
 DIGITS_TEACHER = ("digits", "teacher")
+QUICKSTART = ("runs", "quickstart")  # where `sfd quickstart` writes its erased model
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,15 @@ def _same(a: str | None, b: str | None) -> bool:
 
 
 def default_pair(models: Sequence[ModelEntry]) -> tuple[ModelEntry | None, ModelEntry | None]:
-    """(base, comparison): the bundled shapes teacher if present (else another multi-step model), and an erased
-    model made from it (else an erased model of the same kind). Either may be None."""
+    """(base, comparison): after `sfd quickstart`, its erased model (runs/quickstart) beside the teacher it was erased
+    from; else the bundled shapes teacher if present (else another multi-step model), and an erased model made from
+    it (else an erased model of the same kind). Either may be None."""
     teachers = [m for m in models if not m.one_step]
+    quick = next((m for m in models if m.erased and Path(m.path).parts[-2:] == QUICKSTART), None)
+    if quick is not None:
+        base = next((m for m in teachers if _same(m.path, quick.base_model)), None)
+        if base is not None:
+            return base, quick
 
     def bundled(world_and_name) -> ModelEntry | None:
         return next((m for m in teachers if Path(m.path).parts[-2:] == world_and_name), None)

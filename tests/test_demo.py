@@ -95,6 +95,10 @@ def served(world):
     demo.close()
 
 
+def _same_path(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def generate(client, base, cmp, prompt="a red circle", **kw):
     a = {**TEXT_ARGS, **kw}
     return client.predict(str(base), str(cmp), prompt, a["negative_prompt"], a["class_name"], a["seed"], a["steps"], a["guidance"],
@@ -115,6 +119,13 @@ def test_catalog_finds_models_default_pair_and_erase_hint(world):
     assert Path(base.path) == Path(catalog.display_path(world["teacher"])) and Path(cmp.path).name == "shapes-no-red"
     text_only = [m for m in models if m.kind == "text" and not m.one_step]
     assert catalog.default_pair(text_only) == (text_only[0], None)
+    # after `sfd quickstart`: its erased model (runs/quickstart) beside the teacher it came from, whatever else exists
+    quick = world["root"] / "qs" / "runs" / "quickstart"
+    shutil.copytree(world["digits_erased"], quick)
+    cfg = json.loads((quick / "sfd_config.json").read_text())
+    assert _same_path(cfg["base_model"], world["digits_teacher"])
+    qbase, qcmp = catalog.default_pair([*models, catalog.describe_model(quick)])
+    assert Path(qcmp.path).parts[-2:] == ("runs", "quickstart") and _same_path(qbase.path, world["digits_teacher"])
     assert catalog.erase_command(None) == "sfd erase --model checkpoints/shapes/teacher --forget red --override blue --out runs/shapes-no-red"
     assert catalog.describe_model(world["digits_erased"]).override == "random: one -> seven"
     assert catalog.describe_model(world["erased"]).override == "blue"

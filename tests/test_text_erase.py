@@ -7,7 +7,7 @@ import torch
 
 from conftest import build_tiny_sd
 from pipelines import OneStepTextPipeline
-from sfd.cli import main
+
 from sfd.concepts import TextForgetSpec
 from sfd.errors import SFDError
 from sfd.models import check_weights_are_safe, load_text_pipeline
