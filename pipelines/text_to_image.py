@@ -30,8 +30,9 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], device=None) -> 
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode to images in [0, 1]."""
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    """VAE decode to images in [0, 1] (SD3's and FLUX's VAEs also shift their latents)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 

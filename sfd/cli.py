@@ -85,7 +85,7 @@ def _choose_base(a, family, preset_name: str) -> str | None:
         print(f"erasing from the distilled base {base} (stage 2); --generator picks another base, "
               "--single-stage erases from the teacher alone", flush=True)
         return str(base)
-    if not SINGLE_STAGE_OK[preset_name]:
+    if not SINGLE_STAGE_OK.get(preset_name, False):
         raise SFDError(f"{a.model} has no one-step base, and a single-stage erase with the {preset_name!r} preset cannot converge "
                        f"(README: Two stages): run `sfd distill --model {a.model} --out BASE` and pass --generator BASE, or pass "
                        "--generator with a one-step model made elsewhere (`sfd import-base`); --single-stage runs it anyway")
@@ -164,13 +164,14 @@ def cmd_import_base(a) -> int:
     if family.is_one_step(teacher):
         raise SFDError(f"--teacher {a.teacher} is a one-step model; give the multi-step teacher the UNet was distilled from")
     convention.validate(teacher.scheduler.config.num_train_timesteps)
-    unet_dir = Path(a.unet) / "unet" if (Path(a.unet) / "unet").is_dir() else Path(a.unet)
+    sub = Path(a.unet) / family.network_name
+    unet_dir = sub if sub.is_dir() else Path(a.unet)
     if not (unet_dir / "config.json").is_file():
         raise SFDError(f"--unet {a.unet}: no diffusers UNet folder there (config.json, or a pipeline folder with unet/)")
     check_weights_are_safe(unet_dir, a.allow_pickle)
     try:
         with quiet_diffusers():
-            unet = type(teacher.unet).from_pretrained(str(unet_dir), use_safetensors=not a.allow_pickle)
+            unet = type(family.network(teacher)).from_pretrained(str(unet_dir), use_safetensors=not a.allow_pickle)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise SFDError(f"could not load --unet {a.unet}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
     pipe = family.one_step_pipeline_from(teacher, unet.float(), convention)

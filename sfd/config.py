@@ -135,15 +135,25 @@ SD_STAGE2_PRESET = SD_PRESET
 SHAPES_DISTILL_PRESET = SHAPES_PRESET.replace(steps=400, batch_retain=32, batch_forget=0)
 SHAPES_STAGE2_PRESET = SHAPES_PRESET.replace(steps=60)
 
-PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET}  # single-stage erasure
+# Rectified-flow transformers (SD3 / SD3.5, FLUX.1): the generator starts at t = 0.999 (timestep 999, pure noise in)
+# as SiD-DiT's --init_timestep 999; noise levels t in [0.02, 0.98). Stage 2 keeps SD's official SFD learning rates;
+# stage 1 follows SiD-DiT's run_sid_dit.sh (lr 5e-6 for both networks, guidance 4.5 in all three places, alpha 1,
+# batch 256). FLUX.1-dev's guidance is its embedding: 3.5, its own default, in the teacher and the fake score.
+SD3_PRESET = SD_PRESET.replace(t_init=999, t_min=20, t_max=980)
+SD3_DISTILL_PRESET = SD3_PRESET.replace(steps=4000, batch_retain=256, batch_forget=0, lr_generator=5e-6, lr_fake=5e-6, ema_decay=0.99)
+FLUX_PRESET = SD3_PRESET.replace(guidance_teacher=3.5, guidance_fake_train=3.5, guidance_fake_eval=3.5)
+FLUX_DISTILL_PRESET = SD3_DISTILL_PRESET.replace(guidance_teacher=3.5, guidance_fake_train=3.5, guidance_fake_eval=3.5)
+
+PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET, "sd3": SD3_PRESET, "flux": FLUX_PRESET}  # single stage
 STAGE_PRESETS = {
     "single": PRESETS,
-    "distill": {"class": CLASS_DISTILL_PRESET, "sd": SD_DISTILL_PRESET, "shapes": SHAPES_DISTILL_PRESET},
-    "erase": {"class": CLASS_STAGE2_PRESET, "sd": SD_STAGE2_PRESET, "shapes": SHAPES_STAGE2_PRESET},
+    "distill": {"class": CLASS_DISTILL_PRESET, "sd": SD_DISTILL_PRESET, "shapes": SHAPES_DISTILL_PRESET, "sd3": SD3_DISTILL_PRESET,
+                "flux": FLUX_DISTILL_PRESET},
+    "erase": {"class": CLASS_STAGE2_PRESET, "sd": SD_STAGE2_PRESET, "shapes": SHAPES_STAGE2_PRESET, "sd3": SD3_PRESET, "flux": FLUX_PRESET},
 }
 # Whether a single-stage erase with the preset converges. SD's stage-2 learning rates (1e-6 / 3e-6 for 2,000
 # iterations of batch 1+1, 4,000 images) cannot distil SD from the teacher alone, where SiD-LSG's stage 1 saw 8.4M.
-SINGLE_STAGE_OK = {"class": True, "shapes": True, "sd": False}
+SINGLE_STAGE_OK = {"class": True, "shapes": True, "sd": False, "sd3": False, "flux": False}
 
 
 def preset(name: str, stage: str = "single") -> SFDConfig:

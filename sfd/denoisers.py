@@ -29,6 +29,12 @@ class Denoiser(nn.Module):
         self.schedule = schedule
         self.prediction_type = prediction_type
 
+    guidance_embedded = False  # guidance as a network input (FLUX.1-dev) instead of two branches; see `guided`
+
+    def with_network(self, unet: nn.Module) -> "Denoiser":
+        """The same denoiser (schedule, parameterisation) around another network: a role's copy or adapter view."""
+        return type(self)(unet, self.schedule, self.prediction_type)
+
     @classmethod
     def from_unet_and_scheduler_config(cls, unet: nn.Module, scheduler_config) -> "Denoiser":
         get = scheduler_config.get if isinstance(scheduler_config, dict) else lambda k, d=None: getattr(scheduler_config, k, d)
@@ -76,8 +82,62 @@ class Denoiser(nn.Module):
         return torch.ones_like(sigma)
 
 
+class FlowDenoiser(nn.Module):
+    """x0-prediction of a rectified-flow network (SD3, SD3.5, FLUX), evaluated at VE sigma (DESIGN.md section 2.3).
+
+    The network predicts the velocity v = eps - x0 from x_t = (1 - t) x0 + t eps, so x0 = x_t - t v, with
+    t = sigma / (1 + sigma) and x_t = x_sigma / (1 + sigma). `call(net, x_t, timestep, cond)` is the family's way
+    of calling its network (keyword names, latent packing, position ids) and returns v; the timestep is
+    diffusers' 1000 t. Guidance mixes x0 predictions, which equals mixing v: x0 is affine in v at fixed x_t.
+    With `guidance_embedded` (FLUX.1-dev) the guidance scale is a network input instead (`guided`).
+    """
+
+    prediction_type = "flow"
+
+    def __init__(self, unet: nn.Module, schedule, call, guidance_embedded: bool = False, default_guidance: float | None = None):
+        super().__init__()
+        self.unet = unet  # the transformer; named as the UNet of `Denoiser`, which is what the roles adapt
+        self.schedule = schedule
+        self.call = call
+        self.guidance_embedded = guidance_embedded
+        self.default_guidance = default_guidance  # a guidance-embedded network called without a scale (the generator)
+
+    def with_network(self, unet: nn.Module) -> "FlowDenoiser":
+        return FlowDenoiser(unet, self.schedule, self.call, self.guidance_embedded, self.default_guidance)
+
+    def _velocity(self, x_t: torch.Tensor, timestep: torch.Tensor, cond: dict) -> torch.Tensor:
+        dtype = next(self.unet.parameters()).dtype
+        if self.guidance_embedded and "guidance" not in cond:
+            cond = {**cond, "guidance": torch.full((x_t.shape[0],), float(self.default_guidance or 1.0), device=x_t.device)}
+        cond = tree_map(lambda v: v.to(dtype) if torch.is_floating_point(v) else v, cond)
+        return self.call(self.unet, x_t.to(dtype), timestep.to(dtype), cond).float()
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: dict) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        t = self.schedule.flow_t(sigma).view(-1, *([1] * (x.ndim - 1)))
+        x_t = x * (1 - t)
+        return x_t - t * self._velocity(x_t, self.schedule.sigma_to_t(sigma), cond)
+
+    def at_timestep(self, x_t: torch.Tensor, timestep: torch.Tensor, cond: dict) -> torch.Tensor:
+        """x0 from the network's own input x_t at diffusers timestep(s) 1000 t (one-step conventions)."""
+        timestep = torch.as_tensor(timestep, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
+        t = (timestep / self.schedule.num_train_timesteps).view(-1, *([1] * (x_t.ndim - 1)))
+        return x_t - t * self._velocity(x_t, timestep, cond)
+
+    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The flow objective ||v - v*||^2 as a weight on ||D - x0||^2: D - x0 = -t (v - v*), so 1 / t^2."""
+        return ((1 + sigma) / sigma) ** 2
+
+
 def guided(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: dict, uncond: dict | None, scale: float) -> torch.Tensor:
-    """Classifier-free guidance D_u + scale * (D_c - D_u), in one batched call; scale 1 (or no uncond) is plain D_c."""
+    """Classifier-free guidance D_u + scale * (D_c - D_u), in one batched call; scale 1 (or no uncond) is plain D_c.
+
+    A guidance-distilled network (FLUX.1-dev: `guidance_embedded`) takes the scale as an input instead."""
+    if denoiser.guidance_embedded:
+        g = torch.full((x.shape[0],), float(scale), device=x.device)
+        return denoiser(x, sigma, {**cond, "guidance": g})
     if uncond is None or scale == 1.0:
         return denoiser(x, sigma, cond)
     both = tree_cat([uncond, cond])

@@ -118,6 +118,12 @@ def run_identity(model: str, concepts: dict, generator: str | None = None) -> di
     return {"base_model": str(model), "concepts": concepts, "generator": generator}
 
 
+def teacher_fingerprint(model: str, family: ModelFamily | None = None) -> dict | None:
+    """A cheap fingerprint of the teacher's network weights (sfd.models.model_identity of its network folder)."""
+    family = family or family_for(model)
+    return model_identity(str(Path(model) / family.network_name)) if Path(model).is_dir() else None
+
+
 def default_base(model: str) -> Path | None:
     """The distilled base bundled beside a world's teacher (<world>/onestep next to <world>/teacher), if it was
     distilled from this very teacher (its recorded weights fingerprint matches)."""
@@ -130,7 +136,7 @@ def default_base(model: str) -> Path | None:
         recorded = json.loads(cfg.read_text()).get("teacher_fingerprint")
     except (OSError, json.JSONDecodeError):
         return None
-    return candidate if recorded is not None and recorded == model_identity(str(teacher / "unet")) else None
+    return candidate if recorded is not None and recorded == teacher_fingerprint(model) else None
 
 
 ADAPTERS_FILE = "sfd_adapters.safetensors"  # LoRA runs: both adapters (peft keys), the start of a LoRA stage 2
@@ -151,9 +157,9 @@ def build_roles(family: ModelFamily, teacher_pipe, config: SFDConfig, convention
     if not config.lora:
         fake_init = None
         if base_pipe is not None and config.fake_score_init == "base":
-            fake_init = load_fake_score(base_path, teacher_pipe.unet)
+            fake_init = load_fake_score(base_path, family.network(teacher_pipe))
             note["fake_score_from"] = "base" if fake_init is not None else "teacher (the base has no fake_score/)"
-        return FullRoles(teacher, convention, device, generator_init=None if base_pipe is None else base_pipe.unet,
+        return FullRoles(teacher, convention, device, generator_init=None if base_pipe is None else family.network(base_pipe),
                          fake_init=fake_init, **common), note
     from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER, LoraRoles
 
@@ -169,7 +175,7 @@ def build_roles(family: ModelFamily, teacher_pipe, config: SFDConfig, convention
             kwargs["fake_adapter"] = saved[0][FAKE_ADAPTER]
             note["fake_score_from"] = "the base's LoRA adapter"
     elif base_pipe is not None:
-        kwargs["generator_init"] = base_pipe.unet
+        kwargs["generator_init"] = family.network(base_pipe)
         note["generator_from"] = "an adapter on a frozen copy of the base's network (two UNets)"
     return LoraRoles(teacher, convention, device, rank=config.lora_rank, targets=targets, seed=config.seed, **kwargs, **common), note
 
@@ -246,7 +252,7 @@ def run_sfd(
     num_timesteps = teacher_pipe.scheduler.config.num_train_timesteps
     config.validate(num_timesteps)
 
-    convention, base_pipe = OneStepConvention(config.t_init), None
+    convention, base_pipe = family.default_convention(config.t_init), None
     if generator is not None:
         base_pipe = family.load(generator, device, allow_pickle=allow_pickle)
         family.check_base(teacher_pipe, base_pipe, generator)
@@ -267,7 +273,7 @@ def run_sfd(
         "stage": stage if stage == "distill" else "erase-stage-2" if generator is not None else "erase-single-stage",
         "family": family.name,
         "base_model": str(model),
-        "teacher_fingerprint": model_identity(str(Path(model) / "unet")) if Path(model).is_dir() else None,
+        "teacher_fingerprint": teacher_fingerprint(model, family),
         "generator_base": generator,
         "roles": roles_note,
         "one_step_convention": convention.describe(),
@@ -282,12 +288,12 @@ def run_sfd(
     }
     fake = roles.export_fake() if stage == "distill" else None
     with staged_dir(out_path) as tmp:
-        _cast(save_dtype, result.unet, *([fake] if fake is not None else []))
+        _cast(save_dtype, family.network(result), *([fake] if fake is not None else []))
         with quiet_diffusers():
             result.save_pretrained(tmp, safe_serialization=True)
             if fake is not None:
                 fake.save_pretrained(tmp / FAKE_SCORE_DIR, safe_serialization=True)
-        result.unet.float()
+        family.network(result).float()
         if roles.mode == "lora":
             from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER
 

@@ -78,6 +78,8 @@ class OneStepGenerator(nn.Module):
     def __init__(self, denoiser: Denoiser, convention: OneStepConvention):
         super().__init__()
         if convention.prediction_type not in (None, denoiser.prediction_type):
+            if not isinstance(denoiser, Denoiser):
+                raise SFDError(f"a {denoiser.prediction_type} network cannot be called as {convention.prediction_type}-prediction")
             denoiser = Denoiser(denoiser.unet, denoiser.schedule, convention.prediction_type)
         self.denoiser = denoiser
         self.convention = convention

@@ -54,7 +54,7 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
         "",
         "## Use",
         *family.usage(lora=summary.get("roles", {}).get("mode") == "lora",
-                      sigma_init=summary.get("sigma_init") if summary["one_step_convention"].get("input_scale") is None else None),
+                      sigma_init=family.stock_recipe_sigma(summary["one_step_convention"], summary.get("sigma_init"))),
         "",
         "## Erasure" if summary["stage"] != "distill" else "## Distillation",
         _table({**setup, **shown}),

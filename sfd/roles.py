@@ -47,7 +47,7 @@ class FullRoles:
             net = copy.deepcopy(unet if unet is not None else teacher.unet).float().to(device).requires_grad_(True)
             if gradient_checkpointing:
                 net.enable_gradient_checkpointing()
-            return Denoiser(net, teacher.schedule, teacher.prediction_type)
+            return teacher.with_network(net)
 
         self.generator = OneStepGenerator(trained_copy(generator_init), convention)
         self.fake = trained_copy(fake_init)
@@ -74,7 +74,7 @@ class FullRoles:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        wrap = lambda d: Denoiser(DDP(d.unet, device_ids=ids), d.schedule, d.prediction_type)  # noqa: E731
+        wrap = lambda d: d.with_network(DDP(d.unet, device_ids=ids))  # noqa: E731
         return OneStepGenerator(wrap(self.generator.denoiser), self.generator.convention), wrap(self.fake), False
 
     # --------------------------------------------------------------------------------------- state
@@ -152,7 +152,7 @@ class LoraRoles:
         if gradient_checkpointing:
             for u, sw in ((unet, self.switch), (gen_unet, self.gen_switch)):
                 u.enable_gradient_checkpointing(gradient_checkpointing_func=sw.checkpointing_func())
-        view = lambda u, sw, name: Denoiser(adapters.AdapterView(u, sw, name), teacher.schedule, teacher.prediction_type)  # noqa: E731
+        view = lambda u, sw, name: teacher.with_network(adapters.AdapterView(u, sw, name))  # noqa: E731
         self.teacher = view(unet, self.switch, None)
         self.fake = view(unet, self.switch, FAKE_ADAPTER)
         self.generator = OneStepGenerator(view(gen_unet, self.gen_switch, GENERATOR_ADAPTER), convention)

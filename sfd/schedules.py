@@ -84,3 +84,48 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     ramp = torch.linspace(0, 1, n)
     inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
     return torch.cat([inv**rho, torch.zeros(1)])
+
+
+class FlowSchedule:
+    """Rectified flow (SD3, SD3.5, FLUX): x_t = (1 - t) x0 + t eps for t in [0, 1] (DESIGN.md section 2.3).
+
+    In SFD's VE notation sigma = t / (1 - t) and x_t = x_sigma / (1 + sigma). Timesteps are diffusers' flow
+    timesteps, 1000 t (num_train_timesteps = 1000): a training index k is the flow time t = k / N, and a network
+    is called with the continuous timestep N t. Noise levels are drawn uniformly in t here; the inference `shift`
+    of a model's scheduler does not enter.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000):
+        self.num_train_timesteps = num_train_timesteps
+        t = torch.arange(num_train_timesteps, dtype=torch.float64) / num_train_timesteps
+        self.sigmas = (t / (1 - t)).to(torch.float32)  # increasing; 0 at k = 0
+
+    @classmethod
+    def from_scheduler_config(cls, config) -> "FlowSchedule":
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        return cls(int(get("num_train_timesteps", 1000)))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[1])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def flow_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """t = sigma / (1 + sigma)."""
+        return sigma / (1 + sigma)
+
+    def sigma_at(self, t: torch.Tensor | int) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.long)
+        return self.sigmas.to(t.device)[t]
+
+    def sigma_at_timestep(self, timestep: torch.Tensor) -> torch.Tensor:
+        """sigma of continuous timestep(s) N t (t < 1)."""
+        t = torch.as_tensor(timestep, dtype=torch.float64) / self.num_train_timesteps
+        return (t / (1 - t)).to(torch.float32)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's timestep for sigma: N t with t = sigma / (1 + sigma)."""
+        return self.num_train_timesteps * self.flow_t(sigma.to(torch.float32))

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from .concepts import ClassForgetSpec, ConditionBatch
 from .config import SFDConfig
-from .denoisers import Denoiser
 from .ema import EMA
 from .errors import DivergenceError, Interrupted, SFDError
 from .generators import OneStepConvention
@@ -61,7 +60,7 @@ class SFDTrainer:
 
     def __init__(
         self,
-        roles: FullRoles | Denoiser,
+        roles,
         spec,
         config: SFDConfig,
         device: str | torch.device = "cpu",
@@ -88,7 +87,7 @@ class SFDTrainer:
         for name in ("batch_retain", "batch_forget"):
             if getattr(config, name) % self.world:
                 raise SFDError(f"{name}={getattr(config, name)} is not divisible by the {self.world} processes")
-        if isinstance(roles, Denoiser):
+        if not hasattr(roles, "generator_parameters"):  # a teacher denoiser: full copies of it
             roles = FullRoles(roles, OneStepConvention(config.t_init), self.device, frozen_dtype=frozen_dtype,
                               gradient_checkpointing=gradient_checkpointing)
         self.roles = roles

@@ -107,3 +107,74 @@ def tiny_sdxl_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
     build_tiny_sdxl().save_pretrained(path, safe_serialization=True)
     return path
+
+
+def _tiny_text_config(**kw):
+    from transformers import CLIPTextConfig
+
+    from sfd.worlds.tokenizer import VOCAB_SIZE
+
+    return CLIPTextConfig(**{**dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                                    pad_token_id=49407, projection_dim=32), **kw})
+
+
+def _tiny_t5(d_model: int, seed: int):
+    from transformers import T5Config, T5EncoderModel
+
+    from sfd.worlds.tokenizer import VOCAB_SIZE
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=49407, eos_token_id=49407))
+
+
+def _tiny_flow_vae(seed: int, latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=latent_channels, norm_num_groups=8,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         shift_factor=0.0609, scaling_factor=1.5305)
+
+
+def build_tiny_sd3(seed: int = 0):
+    """A tiny random StableDiffusion3Pipeline (diffusers' SD3 dummy-component sizes; CLIP-L, CLIP-G and a T5 from configs,
+    the offline CLIP tokenizer for all three)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    from sfd.worlds.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
+                                        pooled_projection_dim=64, out_channels=4)
+    torch.manual_seed(seed + 1)
+    te1 = CLIPTextModelWithProjection(_tiny_text_config())
+    torch.manual_seed(seed + 2)
+    te2 = CLIPTextModelWithProjection(_tiny_text_config())
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=_tiny_flow_vae(seed + 3, 4), text_encoder=te1, tokenizer=build_clip_tokenizer(),
+                                    text_encoder_2=te2, tokenizer_2=build_clip_tokenizer(), text_encoder_3=_tiny_t5(64, seed + 4),
+                                    tokenizer_3=build_clip_tokenizer())
+    return pipe
+
+
+def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
+    """A tiny random FluxPipeline (diffusers' FLUX dummy-component sizes); guidance_embeds as FLUX.1-dev."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from sfd.worlds.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                         axes_dims_rope=(4, 4, 8), guidance_embeds=guidance_embeds)
+    torch.manual_seed(seed + 1)
+    clip = CLIPTextModel(_tiny_text_config())
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                            max_image_seq_len=4096)
+    return FluxPipeline(scheduler=sched, vae=_tiny_flow_vae(seed + 2, 4), text_encoder=clip, tokenizer=build_clip_tokenizer(),
+                        text_encoder_2=_tiny_t5(32, seed + 3), tokenizer_2=build_clip_tokenizer(), transformer=transformer)

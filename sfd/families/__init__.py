@@ -18,9 +18,11 @@ from ..errors import SFDError
 from .base import ModelFamily
 from .class_unet import ClassUNetFamily
 from .sd import StableDiffusionFamily
+from .flow import FluxFamily, StableDiffusion3Family
 from .sdxl import StableDiffusionXLFamily
 
-FAMILIES: tuple[ModelFamily, ...] = (ClassUNetFamily(), StableDiffusionFamily(), StableDiffusionXLFamily())
+FAMILIES: tuple[ModelFamily, ...] = (ClassUNetFamily(), StableDiffusionFamily(), StableDiffusionXLFamily(), StableDiffusion3Family(),
+                                     FluxFamily())
 
 
 def family_named(name: str) -> ModelFamily:

@@ -28,6 +28,17 @@ class ModelFamily:
     metrics: str  # which world metrics apply: "judge" (a class judge) or "clip" (CLIP concept detection)
     soft_prompt_search: bool = False  # whether `sfd attack`'s gradient soft-prompt search supports this family
 
+    network_name = "unet"  # the pipeline component SFD trains: "unet", or "transformer" for DiT families
+
+    def network(self, pipe):
+        return getattr(pipe, self.network_name)
+
+    def default_convention(self, t_init: int):
+        """How a generator distilled here from the teacher is called: SiD's convention at t_init."""
+        from ..generators import OneStepConvention
+
+        return OneStepConvention(t_init)
+
     @property
     def pipeline_classes(self) -> tuple[str, str]:
         return (self.teacher_pipeline, self.one_step_pipeline)
@@ -48,7 +59,7 @@ class ModelFamily:
         """The pipeline's network as an x0-denoiser in sigma space."""
         from ..denoisers import Denoiser
 
-        return Denoiser.from_unet_and_scheduler_config(pipe.unet, pipe.scheduler.config)
+        return Denoiser.from_unet_and_scheduler_config(self.network(pipe), pipe.scheduler.config)
 
     def generator(self, pipe) -> OneStepGenerator:
         """The one-step generator of a one-step pipeline, called by the convention its config records."""
@@ -67,7 +78,7 @@ class ModelFamily:
         raise NotImplementedError
 
     def latent_shape(self, pipe) -> tuple[int, ...]:
-        cfg = pipe.unet.config
+        cfg = self.network(pipe).config
         return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
 
     def training_options(self, pipe, device: str, frozen_dtype: str | None = None, gradient_checkpointing: bool | None = None) -> dict:
@@ -75,7 +86,7 @@ class ModelFamily:
         import torch
 
         dtype = _torch_dtype(frozen_dtype, device)
-        big = sum(p.numel() for p in pipe.unet.parameters()) > 100e6
+        big = sum(p.numel() for p in self.network(pipe).parameters()) > 100e6
         return {"frozen_dtype": dtype, "gradient_checkpointing": big if gradient_checkpointing is None else gradient_checkpointing,
                 "autocast_dtype": torch.bfloat16 if str(device).startswith("cuda") else None}
 
@@ -85,21 +96,19 @@ class ModelFamily:
         if not self.is_one_step(base):
             raise SFDError(f"{where} is a multi-step {type(base).__name__}; give a one-step model (made by `sfd distill`, "
                            "or imported with `sfd import-base`)")
-        t_cfg, b_cfg = _arch(teacher.unet), _arch(base.unet)
+        t_net, b_net = self.network(teacher), self.network(base)
+        t_cfg, b_cfg = _arch(t_net), _arch(b_net)
         latent = [k for k in _LATENT_KEYS if t_cfg.get(k) != b_cfg.get(k)]
         if latent:
             raise SFDError(f"{where}: its latent shape does not match the teacher's ("
                            + ", ".join(f"{k} {b_cfg.get(k)} vs {t_cfg.get(k)}" for k in latent) + ")")
-        if type(teacher.unet) is not type(base.unet) or t_cfg != b_cfg:
+        if type(t_net) is not type(b_net) or t_cfg != b_cfg:
             keys = sorted(k for k in set(t_cfg) | set(b_cfg) if t_cfg.get(k) != b_cfg.get(k))
             raise SFDError(f"{where}: its network architecture does not match the teacher's ("
-                           + (", ".join(keys[:4]) if keys else f"{type(base.unet).__name__} vs {type(teacher.unet).__name__}") + " differ)")
+                           + (", ".join(keys[:4]) if keys else f"{type(b_net).__name__} vs {type(t_net).__name__}") + " differ)")
         import torch
 
-        from ..schedules import DiscreteVPSchedule
-
-        t_s = DiscreteVPSchedule.from_scheduler_config(teacher.scheduler.config)
-        b_s = DiscreteVPSchedule.from_scheduler_config(base.scheduler.config)
+        t_s, b_s = self.teacher_denoiser(teacher).schedule, self.teacher_denoiser(base).schedule
         if t_s.num_train_timesteps != b_s.num_train_timesteps or not torch.allclose(t_s.sigmas, b_s.sigmas, rtol=1e-4):
             raise SFDError(f"{where}: its noise schedule does not match the teacher's (betas or number of timesteps differ)")
         self.check_base_conditioning(teacher, base, where)
@@ -107,8 +116,8 @@ class ModelFamily:
     def check_base_conditioning(self, teacher, base, where: str) -> None:
         raise NotImplementedError
 
-    def one_step_pipeline_from(self, teacher, unet, convention: OneStepConvention):
-        """A one-step pipeline made of the teacher's other components and the generator network `unet`."""
+    def one_step_pipeline_from(self, teacher, network, convention: OneStepConvention):
+        """A one-step pipeline made of the teacher's other components and the generator network."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------------------- sampling
@@ -148,6 +157,10 @@ class ModelFamily:
     def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
         """Model-card lines: how to load and sample the one-step pipeline (and, for a LoRA run, the adapter)."""
         raise NotImplementedError
+
+    def stock_recipe_sigma(self, convention: dict, sigma_init: float | None) -> float | None:
+        """The noise level for the model card's stock-diffusers recipe, or None when no stock recipe reproduces it."""
+        return None
 
     def lora_targets(self) -> list[str]:
         """Module names LoRA adapts by default in this family's network."""

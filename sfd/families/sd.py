@@ -114,6 +114,16 @@ class StableDiffusionFamily(ModelFamily):
         return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
     stock_load_args = ", safety_checker=None"  # what from_pretrained of the stock teacher pipeline needs here
+    stock_import = "EulerDiscreteScheduler"
+
+    def stock_recipe_sigma(self, convention: dict, sigma_init: float | None) -> float | None:
+        """The noise level the stock one-step recipe starts from, when it reproduces the generator (SiD's convention)."""
+        return sigma_init if convention.get("input_scale") is None else None
+
+    def stock_step(self, sigma_init: float) -> list[str]:
+        """The model-card lines that sample the merged folder in one stock-scheduler step (SiD's convention)."""
+        return ["pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing')",
+                f"images = pipe(['a photo of a dog'], sigmas=[{sigma_init:.6g}, 0.0], guidance_scale=1.0).images", "```"]
 
     def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
         """`sigma_init`: the noise level of a generator with SiD's convention, for the stock-diffusers recipe."""
@@ -123,10 +133,9 @@ class StableDiffusionFamily(ModelFamily):
                  "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`."]
         if sigma_init is None:
             return lines
-        step = ["pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing')",
-                f"images = pipe(['a photo of a dog'], sigmas=[{sigma_init:.6g}, 0.0], guidance_scale=1.0).images", "```"]
-        lines += ["", "With stock diffusers only: one Euler step from the generator's noise level sigma_init.", "```python",
-                  f"from diffusers import EulerDiscreteScheduler, {stock}",
+        step = self.stock_step(sigma_init)
+        lines += ["", "With stock diffusers only: one Euler step from the generator's noise level.", "```python",
+                  f"from diffusers import {self.stock_import}, {stock}",
                   f"pipe = {stock}.from_pretrained(PATH{self.stock_load_args})  # the merged generator as its UNet", *step]
         if lora:
             lines += ["", "Or the generator's LoRA adapter alone (`lora/`, diffusers' key format) on the teacher:", "```python",
@@ -147,7 +156,8 @@ class StableDiffusionFamily(ModelFamily):
         teacher_cls.save_lora_weights(str(folder / "lora"), unet_lora_layers=dict(state), safe_serialization=True)
 
     def preset(self, world_meta: dict) -> str:
+        """A world's preset for this family ("shapes-sd3"), else the world's ("shapes"), else the family's own."""
         from ..config import PRESETS
 
         world = world_meta.get("world")
-        return world if world in PRESETS else "sd"
+        return next((n for n in (f"{world}-{self.name}", world, self.name) if n in PRESETS), "sd")

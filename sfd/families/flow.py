@@ -1,0 +1,149 @@
+"""Rectified-flow transformer families: SD3 / SD3.5 and FLUX.1 (DESIGN.md section 2.3).
+
+Their networks predict velocities on x_t = (1 - t) x0 + t eps; `FlowDenoiser` turns them into SFD's x0-denoisers
+in sigma space. Prompts, retain sets and guidance branches are Stable Diffusion's (`StableDiffusionFamily`); what
+differs is the transformer and how it is called, the text encoders, and the one-step convention (pure noise at
+t = 0.999, as SiD-DiT's --init_timestep 999 and the stock one-step FlowMatchEuler sampler).
+"""
+
+from __future__ import annotations
+
+from .sd import StableDiffusionFamily
+
+# Attention (image and text streams), feed-forward: diffusers' SD3 / FLUX LoRA training scripts adapt these.
+FLOW_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
+
+
+class _FlowFamily(StableDiffusionFamily):
+    network_name = "transformer"
+    stock_load_args = ""
+    soft_prompt_search = False
+    max_sequence_length = 256
+
+    def load_kwargs(self, cls) -> dict:
+        return {}
+
+    def default_convention(self, t_init: int):
+        from ..generators import OneStepConvention
+
+        return OneStepConvention(float(t_init), 1.0)
+
+    def velocity(self):
+        raise NotImplementedError
+
+    def teacher_denoiser(self, pipe):
+        from ..denoisers import FlowDenoiser
+        from ..schedules import FlowSchedule
+
+        return FlowDenoiser(self.network(pipe), FlowSchedule.from_scheduler_config(pipe.scheduler.config), self.velocity())
+
+    def image_size(self, pipe) -> int:
+        return int(self.latent_shape(pipe)[-1] * pipe.vae_scale_factor)
+
+    def lora_targets(self) -> list[str]:
+        return list(FLOW_LORA_TARGETS)
+
+    def save_lora(self, teacher, folder, state: dict, rank: int, targets: list[str]) -> None:
+        teacher_cls, _ = self.pipeline_types()
+        teacher_cls.save_lora_weights(str(folder / "lora"), transformer_lora_layers=dict(state), safe_serialization=True)
+
+    def stock_recipe_sigma(self, convention: dict, sigma_init: float | None) -> float | None:
+        """Stock flow pipelines start from pure noise: the recipe reproduces generators called on z (input scale 1)."""
+        return sigma_init if convention.get("input_scale") == 1.0 else None
+
+    def stock_step(self, sigma_init: float) -> list[str]:
+        t = sigma_init / (1 + sigma_init)
+        return ["pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=1.0, "
+                "use_dynamic_shifting=False)",
+                f"images = pipe(['a photo of a dog'], sigmas=[{t:.6g}], num_inference_steps=1, guidance_scale=1.0).images", "```"]
+
+    stock_import = "FlowMatchEulerDiscreteScheduler"
+
+
+class StableDiffusion3Family(_FlowFamily):
+    name = "sd3"
+    description = "Stable Diffusion 3 / 3.5"
+    teacher_pipeline = "StableDiffusion3Pipeline"
+    one_step_pipeline = "OneStepSD3Pipeline"
+    fallback_sampling = (28, 7.0)
+
+    def pipeline_types(self):
+        from diffusers import StableDiffusion3Pipeline
+
+        from pipelines import OneStepSD3Pipeline
+
+        return StableDiffusion3Pipeline, OneStepSD3Pipeline
+
+    def velocity(self):
+        from pipelines.flow import sd3_velocity
+
+        return sd3_velocity
+
+    def encode(self, pipe, prompts: list[str], device=None) -> dict:
+        from pipelines.flow import encode_sd3
+
+        return encode_sd3(pipe, prompts, device, pipe.config.get("max_sequence_length", self.max_sequence_length))
+
+    def one_step_pipeline_from(self, teacher, network, convention):
+        _, one_step_cls = self.pipeline_types()
+        return one_step_cls(transformer=network, scheduler=teacher.scheduler, vae=teacher.vae, text_encoder=teacher.text_encoder,
+                            tokenizer=teacher.tokenizer, text_encoder_2=teacher.text_encoder_2, tokenizer_2=teacher.tokenizer_2,
+                            text_encoder_3=teacher.text_encoder_3, tokenizer_3=teacher.tokenizer_3, **convention.config())
+
+
+class FluxFamily(_FlowFamily):
+    """FLUX.1: CLIP pooled + T5 conditioning, packed 2x2 latents; FLUX.1-dev is guidance-distilled, so its guidance
+    scale is a network input (in the teacher and the fake score) instead of two branches."""
+
+    name = "flux"
+    description = "FLUX.1"
+    teacher_pipeline = "FluxPipeline"
+    one_step_pipeline = "OneStepFluxPipeline"
+    fallback_sampling = (28, 3.5)
+    max_sequence_length = 512
+    generator_guidance = 3.5  # FLUX.1-dev's default guidance: the embedding the one-step generator is called with
+
+    def pipeline_types(self):
+        from diffusers import FluxPipeline
+
+        from pipelines import OneStepFluxPipeline
+
+        return FluxPipeline, OneStepFluxPipeline
+
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype=None):
+        """As SD's; a world's sfd_world.json `image_size` sets the latent size (FLUX has no fixed sample size)."""
+        pipe = super().load(path, device, allow_pickle, dtype)
+        from ..models import world_meta
+
+        size = world_meta(path).get("image_size") if not self.is_one_step(pipe) else None
+        if size:
+            pipe.default_sample_size = int(size) // pipe.vae_scale_factor
+        return pipe
+
+    def velocity(self):
+        from pipelines.flow import flux_velocity
+
+        return flux_velocity
+
+    def teacher_denoiser(self, pipe):
+        d = super().teacher_denoiser(pipe)
+        d.guidance_embedded = bool(getattr(self.network(pipe).config, "guidance_embeds", False))
+        d.default_guidance = pipe.config.get("generator_guidance") or self.generator_guidance
+        return d
+
+    def latent_shape(self, pipe) -> tuple[int, ...]:
+        s = pipe.config.get("sample_size") if self.is_one_step(pipe) else pipe.default_sample_size
+        return (self.network(pipe).config.in_channels // 4, int(s), int(s))
+
+    def encode(self, pipe, prompts: list[str], device=None) -> dict:
+        from pipelines.flow import encode_flux
+
+        return encode_flux(pipe, prompts, device, pipe.config.get("max_sequence_length", self.max_sequence_length))
+
+    def one_step_pipeline_from(self, teacher, network, convention):
+        _, one_step_cls = self.pipeline_types()
+        return one_step_cls(scheduler=teacher.scheduler, vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
+                            text_encoder_2=teacher.text_encoder_2, tokenizer_2=teacher.tokenizer_2, transformer=network,
+                            sample_size=self.latent_shape(teacher)[-1], generator_guidance=self.generator_guidance,
+                            **convention.config())
