@@ -1,4 +1,5 @@
-"""Memory and step time of SFD at real size (SD-1.5: 860M, SDXL: 2.6B parameters), full and LoRA roles, random weights.
+"""Memory and step time of SFD at real size (SD-1.5 860M, SDXL 2.6B, SD3.5-Medium 2.5B; FLUX.1 12B on paper), full and LoRA
+roles, random weights.
 
   python benchmarks/sd15_scale.py --paper                                # static memory from parameter counts, every mode
   python benchmarks/sd15_scale.py --model sd15 --mode lora --steps 1     # one measured configuration (CPU fp32 or CUDA)
@@ -7,7 +8,7 @@
 
 Nothing is downloaded: the UNets are built from the published configs below with random weights, and the text
 conditioning is random tensors of the real shapes (77 x 768 for SD-1.5; 77 x 2048, a pooled 1280 and 6 time ids for
-SDXL), which cost the UNet what real prompts cost. What runs is what `sfd erase` runs for a model this big: gradient
+SDXL; 333 x 4096 and a pooled 2048 for SD3.5), which cost the network what real prompts cost. What runs is what `sfd erase` runs for a model this big: gradient
 checkpointing, batch 1 retain + 1 forget, the SD stage-2 preset's guidance (a guided teacher and fake score).
 On a CPU everything is fp32 (bf16 is emulated and very slow on AVX2-only CPUs) and the peak resident memory of the
 process (ru_maxrss) stands in for GPU memory: the same weights, gradients, optimizer states and activations. On
@@ -48,36 +49,57 @@ SDXL_UNET = dict(
     addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
     use_linear_projection=True,
 )
+# stabilityai/stable-diffusion-3.5-medium transformer/config.json (an SD3Transformer2DModel, rectified flow).
+SD35M_TRANSFORMER = dict(
+    sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+    joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+)
+# black-forest-labs/FLUX.1-dev transformer/config.json: counted on paper only (12B parameters).
+FLUX_DEV_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
 )
-MODELS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET, "tiny": TINY_UNET}
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "tiny": 64}
+MODELS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET, "sd35m": SD35M_TRANSFORMER, "flux": FLUX_DEV_TRANSFORMER, "tiny": TINY_UNET}
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sd35m": 1024, "flux": 1024, "tiny": 64}
+TRANSFORMERS = ("sd35m", "flux")
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type="epsilon")
 GIB = 2**30
 
 
-def count_params(model: str) -> int:
-    from diffusers import UNet2DConditionModel
+def build_network(model: str, **changes):
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
 
+    cls = {"sd35m": SD3Transformer2DModel, "flux": FluxTransformer2DModel}.get(model, UNet2DConditionModel)
+    return cls(**{**MODELS[model], **changes})
+
+
+def lora_targets(model: str) -> list[str]:
+    from sfd.families.flow import FLOW_LORA_TARGETS
+    from sfd.families.sd import StableDiffusionFamily
+
+    return list(FLOW_LORA_TARGETS) if model in TRANSFORMERS else StableDiffusionFamily().lora_targets()
+
+
+def count_params(model: str) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in UNet2DConditionModel(**MODELS[model]).parameters())
+        return sum(p.numel() for p in build_network(model).parameters())
 
 
 def lora_params(model: str, rank: int) -> int:
-    """Parameters of one LoRA adapter with the SD family's default targets, counted on the meta device."""
-    from diffusers import UNet2DConditionModel
-
+    """Parameters of one LoRA adapter with the family's default targets, counted on the meta device."""
     from sfd import adapters
-    from sfd.families.sd import StableDiffusionFamily
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**MODELS[model])
-        adapters.add_adapter(unet, "g", rank, StableDiffusionFamily().lora_targets())
-        return sum(p.numel() for p in adapters.adapter_parameters(unet, "g"))
+        net = build_network(model)
+        adapters.add_adapter(net, "g", rank, lora_targets(model))
+        return sum(p.numel() for p in adapters.adapter_parameters(net, "g"))
 
 
 def paper_estimate(n_params: int, frozen_bytes: int = 2, mode: str = "full", n_lora: int = 0) -> dict:
@@ -101,13 +123,15 @@ def conditions(model: str, device: str):
     from sfd.concepts import TextForgetSpec
 
     cfg = MODELS[model]
-    dim = cfg["cross_attention_dim"]
     spec = TextForgetSpec.build(["nudity"], "a person, dressed", ["a photo of a dog", "a painting of a city"])
     gen = torch.Generator().manual_seed(0)
 
     def encode(prompts):
         n = len(prompts)
-        out = {"encoder_hidden_states": torch.randn(n, 77, dim, generator=gen).to(device)}
+        if model == "sd35m":  # CLIP-L + CLIP-G padded to T5's width, then T5's 256 tokens; pooled CLIP-L + CLIP-G
+            return {"encoder_hidden_states": torch.randn(n, 77 + 256, cfg["joint_attention_dim"], generator=gen).to(device),
+                    "pooled_projections": torch.randn(n, cfg["pooled_projection_dim"], generator=gen).to(device)}
+        out = {"encoder_hidden_states": torch.randn(n, 77, cfg["cross_attention_dim"], generator=gen).to(device)}
         if cfg.get("addition_embed_type") == "text_time":
             pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
             out["added_cond_kwargs"] = {"text_embeds": torch.randn(n, pooled, generator=gen).to(device),
@@ -122,11 +146,8 @@ def peak_rss_gib() -> float:
 
 
 def measure(model: str, mode: str, resolution: int, steps: int, device: str, rank: int = 16) -> dict:
-    from diffusers import UNet2DConditionModel
-
     from sfd.config import preset
     from sfd.denoisers import Denoiser
-    from sfd.families.sd import StableDiffusionFamily
     from sfd.generators import OneStepConvention
     from sfd.roles import FullRoles, LoraRoles
     from sfd.trainer import SFDTrainer
@@ -135,23 +156,30 @@ def measure(model: str, mode: str, resolution: int, steps: int, device: str, ran
     latent = resolution // 8
     rss_start = peak_rss_gib()
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**{**MODELS[model], "sample_size": latent})
+    unet = build_network(model) if model in TRANSFORMERS else build_network(model, sample_size=latent)
     n_params = sum(p.numel() for p in unet.parameters())
-    teacher = Denoiser.from_unet_and_scheduler_config(unet, SD_SCHEDULER)
-    config = preset("sd", "erase").replace(batch_retain=1, batch_forget=1, steps=steps + 1).resolved(1.0)
+    if model in TRANSFORMERS:
+        from pipelines.flow import sd3_velocity
+        from sfd.denoisers import FlowDenoiser
+        from sfd.schedules import FlowSchedule
+
+        teacher = FlowDenoiser(unet, FlowSchedule(), sd3_velocity)
+    else:
+        teacher = Denoiser.from_unet_and_scheduler_config(unet, SD_SCHEDULER)
+    channels = MODELS[model]["in_channels"]
+    config = preset("sd3" if model in TRANSFORMERS else "sd", "erase").replace(batch_retain=1, batch_forget=1, steps=steps + 1).resolved(1.0)
     frozen = torch.bfloat16 if cuda else None
     common = dict(frozen_dtype=frozen, gradient_checkpointing=True)
     t0 = time.perf_counter()
     if mode == "lora":
-        roles = LoraRoles(teacher, OneStepConvention(config.t_init), device, rank=rank,
-                          targets=StableDiffusionFamily().lora_targets(), **common)
+        roles = LoraRoles(teacher, OneStepConvention(config.t_init), device, rank=rank, targets=lora_targets(model), **common)
         n_lora = sum(p.numel() for p in roles.generator_parameters())
     else:
         roles = FullRoles(teacher, OneStepConvention(config.t_init), device, **common)
         n_lora = 0
     del unet, teacher
     trainer = SFDTrainer(roles, conditions(model, device), config, device, autocast_dtype=torch.bfloat16 if cuda else None,
-                         latent_shape=(4, latent, latent))
+                         latent_shape=(channels, latent, latent))
     build_s = time.perf_counter() - t0
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
@@ -197,7 +225,7 @@ def project(result: dict, resolution: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paper", action="store_true", help="only the parameter-count estimates (UNets built on the meta device)")
-    ap.add_argument("--model", choices=["sd15", "sdxl"], default="sd15")
+    ap.add_argument("--model", choices=["sd15", "sdxl", "sd35m"], default="sd15")
     ap.add_argument("--mode", choices=["full", "lora"], default="lora")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet (CPU smoke test of the same code path)")
     ap.add_argument("--resolution", type=int, default=256, help="image size in pixels (latents are 1/8)")
@@ -210,14 +238,14 @@ def main() -> None:
     a = ap.parse_args()
     if a.paper:
         result = {}
-        for m in ("sd15", "sdxl"):
+        for m in ("sd15", "sdxl", "sd35m", "flux"):
             n, n_lora = count_params(m), lora_params(m, a.rank)
             result[m] = {"unet_params": n, "lora_params_per_adapter": n_lora, "lora_rank": a.rank,
                          "full": paper_estimate(n, 2, "full"), "lora": paper_estimate(n, 2, "lora", n_lora)}
     elif a.all:
         result = {"runs": []}
         cpu_limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-        for m in ("sd15", "sdxl"):
+        for m in ("sd15", "sdxl", "sd35m"):
             for mode in ("lora", "full"):
                 n, n_lora = count_params(m), lora_params(m, a.rank)
                 need = paper_estimate(n, 4, mode, n_lora)["total_static"]

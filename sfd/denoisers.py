@@ -135,7 +135,7 @@ def guided(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, cond: dict,
     """Classifier-free guidance D_u + scale * (D_c - D_u), in one batched call; scale 1 (or no uncond) is plain D_c.
 
     A guidance-distilled network (FLUX.1-dev: `guidance_embedded`) takes the scale as an input instead."""
-    if denoiser.guidance_embedded:
+    if getattr(denoiser, "guidance_embedded", False):  # any callable (x, sigma, cond) -> x0 can be guided
         g = torch.full((x.shape[0],), float(scale), device=x.device)
         return denoiser(x, sigma, {**cond, "guidance": g})
     if uncond is None or scale == 1.0:

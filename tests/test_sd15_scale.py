@@ -13,6 +13,8 @@ spec.loader.exec_module(sd15_scale)
 def test_configs_have_the_published_parameter_counts():
     assert sd15_scale.count_params("sd15") == 859_520_964  # runwayml/stable-diffusion-v1-5 unet
     assert sd15_scale.count_params("sdxl") == 2_567_463_684  # stabilityai/stable-diffusion-xl-base-1.0 unet
+    assert sd15_scale.count_params("sd35m") == 2_243_171_520  # the published SD3.5-Medium transformer config
+    assert 11.8e9 < sd15_scale.count_params("flux") < 12.0e9  # FLUX.1-dev: 12B
     est = sd15_scale.paper_estimate(859_520_964)
     assert 29 < est["total_static"] < 32  # GiB: bf16 teacher + 2 x (fp32 weights, grads, 2 Adam moments) + fp32 EMA
 
