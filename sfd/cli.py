@@ -107,7 +107,8 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
     if stage == "erase":
         generator = _choose_base(a, family, name)
         stage = "erase" if generator else "single"
-    config = preset(name, stage).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets)
+    config = preset(name, stage).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets,
+                                         micro_batches=a.micro_batches)
     if a.lora or a.lora_rank or a.lora_targets:
         config = config.replace(lora=True)
     evaluate = world_evaluator(family, a.model, seed=config.seed, device=device, progress=not a.quiet)
@@ -362,6 +363,8 @@ def _add_run_arguments(p, model_help: str) -> None:
                    help="generator and fake score as LoRA adapters on the one frozen teacher network (the preset's rank)")
     p.add_argument("--lora-rank", type=_pos_int("--lora-rank"), help="LoRA rank (implies --lora)")
     p.add_argument("--lora-targets", help="comma-separated module names LoRA adapts (implies --lora; default: the family's list)")
+    p.add_argument("--micro-batches", type=_pos_int("--micro-batches"),
+                   help="split each process's batch into N parts, one backward each (gradient accumulation; default: the preset's)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="dtype of the frozen teacher")
     p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype the trained weights are stored in")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (.bin/.ckpt): only for files you trust")

@@ -41,6 +41,8 @@ class SFDConfig:
     lora: bool = False
     lora_rank: int = 16
     lora_targets: str = ""
+    # Gradient accumulation: each process's rows in this many equal parts, one backward each, one update.
+    micro_batches: int = 1
 
     def validate(self, num_train_timesteps: int | None = None) -> "SFDConfig":
         if self.steps < 0:
@@ -62,6 +64,8 @@ class SFDConfig:
             raise SFDError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.seed < 0:
             raise SFDError(f"--seed must be >= 0, got {self.seed}")
+        if self.micro_batches < 1:
+            raise SFDError(f"--micro-batches must be >= 1, got {self.micro_batches}")
         if self.lora_rank < 1:
             raise SFDError(f"--lora-rank must be >= 1, got {self.lora_rank}")
         if self.fake_score_init not in ("teacher", "base"):

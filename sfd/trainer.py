@@ -85,8 +85,9 @@ class SFDTrainer:
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
         for name in ("batch_retain", "batch_forget"):
-            if getattr(config, name) % self.world:
-                raise SFDError(f"{name}={getattr(config, name)} is not divisible by the {self.world} processes")
+            if getattr(config, name) % (self.world * config.micro_batches):
+                raise SFDError(f"{name}={getattr(config, name)} is not divisible by the {self.world} processes x "
+                               f"{config.micro_batches} micro-batches")
         if not hasattr(roles, "generator_parameters"):  # a teacher denoiser: full copies of it
             roles = FullRoles(roles, OneStepConvention(config.t_init), self.device, frozen_dtype=frozen_dtype,
                               gradient_checkpointing=gradient_checkpointing)
@@ -150,39 +151,57 @@ class SFDTrainer:
         optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------------------ steps
+    def _micro_batches(self, batch: ConditionBatch, z, sigma, noise):
+        """This process's rows in `config.micro_batches` equal parts, each with its share of retain and forget rows, so
+        that the mean of the parts' losses is the whole batch's (gradient accumulation for batches that do not fit)."""
+        m = self.config.micro_batches
+        if m == 1:
+            yield batch, z, sigma, noise
+            return
+        r, f = batch.n_retain // m, batch.n_forget // m
+        for i in range(m):
+            idx = torch.cat([torch.arange(i * r, (i + 1) * r), batch.n_retain + torch.arange(i * f, (i + 1) * f)])
+            pick = lambda cond: Cond(_rows(cond.cond, idx), _rows(cond.uncond, idx))  # noqa: E731
+            d = idx.to(z.device)
+            yield ConditionBatch(pick(batch.fake), pick(batch.teacher), r, f), z[d], sigma[d], noise[d]
+
     def fake_step(self) -> dict:
         """Fit the fake score to the generator's current samples (x_g detached)."""
         c = self.config
-        batch, z, sigma, noise = self._global_batch(for_fake_training=True)
-        with torch.no_grad(), self._autocast():
-            x_g = generate(self.generator, z, batch.fake).float()
+        parts_sum: dict = {}
         self.roles.set_trainable(generator=False, fake=True)
-        with self._autocast():
-            per_sample = fake_score_loss(self.fake_train, x_g, sigma, noise, batch.fake, c.guidance_fake_train)
-        loss, parts = _split_weighted(per_sample, batch, c.lambda_fake_retain, c.lambda_fake_forget)
-        _check_finite(loss, "fake-score", self.step_count)
-        loss.backward()
+        for batch, z, sigma, noise in self._micro_batches(*self._global_batch(for_fake_training=True)):
+            with torch.no_grad(), self._autocast():
+                x_g = generate(self.generator, z, batch.fake).float()
+            with self._autocast():
+                per_sample = fake_score_loss(self.fake_train, x_g, sigma, noise, batch.fake, c.guidance_fake_train)
+            loss, parts = _split_weighted(per_sample, batch, c.lambda_fake_retain, c.lambda_fake_forget)
+            _check_finite(loss, "fake-score", self.step_count)
+            (loss / c.micro_batches).backward()
+            parts_sum = {k: parts_sum.get(k, 0.0) + v / c.micro_batches for k, v in parts.items()}
         self._clip_and_step(self.roles.fake_parameters(), self.opt_fake, c.grad_clip)
-        return {"fake_" + k: v for k, v in parts.items()}
+        return {"fake_" + k: v for k, v in parts_sum.items()}
 
     def generator_step(self) -> dict:
         """SiD update of the generator; the forget samples are pulled towards the teacher's override score."""
         c = self.config
-        batch, z, sigma, noise = self._global_batch(for_fake_training=False)
+        parts_sum: dict = {}
         self.roles.set_trainable(generator=True, fake=False)  # fake score frozen, but gradients flow through its input
-        with self._autocast():
-            x_g = generate(self.generator_train, z, batch.fake)
-            per_sample = generator_loss(
-                self.teacher, self.fake, x_g, sigma, noise,
-                teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
-                teacher_guidance=c.guidance_teacher, fake_guidance=c.guidance_fake_eval,
-            )
-        loss, parts = _split_weighted(per_sample, batch, c.lambda_gen_retain, c.lambda_gen_forget)
-        _check_finite(loss, "generator", self.step_count)
-        loss.backward()
+        for batch, z, sigma, noise in self._micro_batches(*self._global_batch(for_fake_training=False)):
+            with self._autocast():
+                x_g = generate(self.generator_train, z, batch.fake)
+                per_sample = generator_loss(
+                    self.teacher, self.fake, x_g, sigma, noise,
+                    teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
+                    teacher_guidance=c.guidance_teacher, fake_guidance=c.guidance_fake_eval,
+                )
+            loss, parts = _split_weighted(per_sample, batch, c.lambda_gen_retain, c.lambda_gen_forget)
+            _check_finite(loss, "generator", self.step_count)
+            (loss / c.micro_batches).backward()
+            parts_sum = {k: parts_sum.get(k, 0.0) + v / c.micro_batches for k, v in parts.items()}
         self._clip_and_step(self.roles.generator_parameters(), self.opt_gen, c.grad_clip)
         self.ema.update(self.roles.generator_state())
-        return {"gen_" + k: v for k, v in parts.items()}
+        return {"gen_" + k: v for k, v in parts_sum.items()}
 
     @torch.no_grad()
     def _resolve_random_override(self, spec: ClassForgetSpec, n: int = 64) -> ClassForgetSpec:
