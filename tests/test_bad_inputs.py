@@ -185,3 +185,17 @@ def test_train_teacher_argument_errors(tmp_path, capsys, case):
     assert code == 2
     assert_one_line_error(code, err, "sfd train-teacher: error:", *needles)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("command,args,needles", [
+    ("distill", ["--lora-rank", "0"], ["--lora-rank must be >= 1"]),
+    ("erase", ["--forget", "1", "--micro-batches", "0"], ["--micro-batches must be >= 1"]),
+    ("erase", ["--forget", "1", "--micro-batches", "3"], ["not divisible", "micro-batches"]),
+    ("train-teacher", ["--family", "sdxl"], ["--family", "shapes world"]),
+], ids=["lora-rank-zero", "micro-batches-zero", "micro-batches-indivisible", "family-for-digits"])
+def test_two_stage_and_lora_argument_errors(tiny_teacher_dir, tmp_path, capsys, command, args, needles):
+    head = ["digits"] if command == "train-teacher" else ["--model", str(tiny_teacher_dir)]
+    code, _, err = run_cli(capsys, command, *head, *args, "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, f"sfd {command}: error:", *needles)
+    assert not (tmp_path / "o").exists()
