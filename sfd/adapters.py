@@ -29,13 +29,17 @@ def lora_config(rank: int, targets: list[str], alpha: float | None = None):
 def add_adapter(unet: nn.Module, name: str, rank: int, targets: list[str]) -> None:
     """A zero-initialised LoRA adapter (B = 0: the network is unchanged until it trains), via diffusers' adapter API
     where the model has it (UNet2DConditionModel, transformers), else peft's `inject_adapter_in_model` (UNet2DModel)."""
-    config = lora_config(rank, targets)
-    if hasattr(unet, "add_adapter"):
-        unet.add_adapter(config, adapter_name=name)
-    else:
-        from peft import inject_adapter_in_model
+    import warnings
 
-        inject_adapter_in_model(config, unet, adapter_name=name)
+    config = lora_config(rank, targets)
+    with warnings.catch_warnings():  # peft warns that a second adapter joins the first: that is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        if hasattr(unet, "add_adapter"):
+            unet.add_adapter(config, adapter_name=name)
+        else:
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(config, unet, adapter_name=name)
 
 
 def tuner_layers(unet: nn.Module) -> list[nn.Module]:
