@@ -281,6 +281,7 @@ def run_sfd(
         "concepts": concepts,
         "config": json.loads(config.to_json()),
         "erase_seconds": train_seconds,
+        "train_loop_seconds": run["seconds"],  # the iterations alone (loading and set-up excluded)
         "resumed_from_step": run["resumed_from_step"],
         "final_losses": run["losses"],
         "metrics": metrics,
