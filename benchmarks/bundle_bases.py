@@ -7,7 +7,8 @@ Each base is `sfd distill --model checkpoints/<world>/teacher --out checkpoints/
 (the world's stage-1 preset, seed 0). Two things keep checkpoints/ within 50 MB, since the working tree travels to GPU
 machines:
 - the components a one-step folder shares with its teacher (text encoder, tokenizer, VAE, scheduler) are relative
-  symbolic links to the teacher's folders, after checking that they hold the same weights: `from_pretrained` follows
+  symbolic links to the teacher's folders, after checking that they hold the same weights (tokenizers: that they
+  tokenize alike): `from_pretrained` follows
   them, so the folder still loads on its own;
 - `fake_score/` is dropped where the world's stage-2 preset starts its fake score from the teacher
   (`fake_score_init`), since nothing reads it there (shapes: BENCHMARKS.md "Two-stage SFD").
@@ -43,11 +44,23 @@ def same_weights(a: Path, b: Path) -> bool:
     return others(a) == others(b) and all((a / n).read_bytes() == (b / n).read_bytes() for n in others(a))
 
 
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Whether two tokenizer folders tokenize alike (transformers may save a fast tokenizer.json where the teacher
+    has vocab.json and merges.txt): the same vocabulary, length limit and ids for a few captions."""
+    from transformers import AutoTokenizer
+
+    ta, tb = AutoTokenizer.from_pretrained(str(a)), AutoTokenizer.from_pretrained(str(b))
+    texts = ["a red circle", "a photo of a purple cross on a grey background", "", "an unknown word zxqv"]
+    return (ta.get_vocab() == tb.get_vocab() and ta.model_max_length == tb.model_max_length
+            and all(ta(t)["input_ids"] == tb(t)["input_ids"] for t in texts))
+
+
 def link_shared(base: Path, teacher: Path) -> list[str]:
     linked = []
     for name in SHARED:
         mine, theirs = base / name, teacher / name
-        if mine.is_dir() and not mine.is_symlink() and theirs.is_dir() and (name == "scheduler" or same_weights(mine, theirs)):
+        same = same_tokenizer if name.startswith("tokenizer") else same_weights
+        if mine.is_dir() and not mine.is_symlink() and theirs.is_dir() and (name == "scheduler" or same(mine, theirs)):
             if name == "scheduler" and (mine / "scheduler_config.json").read_bytes() != (theirs / "scheduler_config.json").read_bytes():
                 continue
             shutil.rmtree(mine)
@@ -60,11 +73,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worlds", default="digits,shapes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--link-only", action="store_true", help="only link the shared components of existing bases")
     a = ap.parse_args()
     from sfd.config import preset
     from sfd.families import family_for
 
     for world in a.worlds.split(","):
+        if a.link_only:
+            print(f"{world}: linked {', '.join(link_shared(ROOT / 'checkpoints' / world / 'onestep', ROOT / 'checkpoints' / world / 'teacher')) or 'nothing'}")
+            continue
         teacher = Path("checkpoints") / world / "teacher"
         out = Path("checkpoints") / world / "onestep"
         cmd = [sys.executable, "-m", "sfd", "distill", "--model", str(teacher), "--out", str(out), "--save-dtype", "fp16",
