@@ -11,6 +11,12 @@ Resumability: each finished image is written as a PNG (atomically) and then one 
 `images.jsonl` and flushed. A rerun with the same settings reuses every image with a line and a PNG and
 generates only the rest; a changed setting is refused (pass --overwrite to start over).
 
+Sharding: under `accelerate launch` or `torchrun` (WORLD_SIZE > 1) the processes split the work. Each model's
+pending images are cut into the batches a one-process run would make, and batch k goes to rank k mod WORLD_SIZE,
+so every image is made in the same batch with the same seed as in one process. Rank r appends its lines to its
+own `images.rank<r>.jsonl` (rank 0: images.jsonl); rank 0 merges them when all are done, or when any later run
+starts (with any number of processes), and alone writes audit.json and the reports.
+
 Rates get 95% Wilson score intervals; with several models, differences to the first model get Newcombe's
 hybrid score interval and a paired count (same prompt and seed) with an exact McNemar p-value.
 """
@@ -42,6 +48,11 @@ IMAGES_DIR = "images"
 Z95 = 1.959963984540054
 
 
+def rank_records_name(rank: int) -> str:
+    """The records file of one process of a sharded audit (rank 0 writes images.jsonl itself)."""
+    return RECORDS_NAME if rank == 0 else f"images.rank{rank}.jsonl"
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     models: tuple[str, ...]
@@ -59,6 +70,7 @@ class AuditSettings:
     attack_seeds: int = 2
     attack_steps: int = 30
     allow_pickle: bool = False
+    reference_images: str | None = None  # a folder of real images: FID/KID of every model against them (--features)
 
     def validate(self) -> "AuditSettings":
         if not self.models:
@@ -73,7 +85,38 @@ class AuditSettings:
             raise SFDError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.guidance is not None and (not math.isfinite(self.guidance) or self.guidance < 0):
             raise SFDError(f"--guidance must be a non-negative number, got {self.guidance}")
+        if self.reference_images is not None:
+            found = reference_image_files(self.reference_images)
+            if len(found) < 2:
+                raise SFDError(f"--reference-images {self.reference_images!r}: need a folder with at least 2 images "
+                               f"({', '.join(REFERENCE_SUFFIXES)}), found {len(found)}")
+            if self.features == "none":
+                raise SFDError("--reference-images needs image features: leave --features at auto or give clip@MODEL or classifier:PATH")
         return self
+
+
+REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def reference_image_files(folder: str | Path) -> list[Path]:
+    """The images of a reference folder (searched recursively), in sorted order; [] when it is not a folder."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in REFERENCE_SUFFIXES and p.is_file())
+
+
+def load_reference_image(path: Path, size: int) -> torch.Tensor:
+    """A real image as the audit's images are: RGB in [0, 1], centre-cropped to a square and resized to `size`."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        arr = np.asarray(img)
+    return torch.from_numpy(arr.copy()).float().permute(2, 0, 1) / 255
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -295,14 +338,30 @@ def prepare_out_dir(out: Path, fingerprint: dict, overwrite: bool, log: Callable
             if old != new:
                 diff = ", ".join(_diff_keys(old, new)[:4])
                 raise SFDError(f"{out} holds an audit with other settings (differs in: {diff}); pass --overwrite to start over, or choose another --out")
-            records = [r for r in _read_records(out / RECORDS_NAME) if (out / r["path"]).is_file()]
-            _rewrite_records(out / RECORDS_NAME, records)
+            records = merge_rank_records(out)
             log(f"resuming the audit in {out}: {len(records)} finished image(s) reused (pass --overwrite to start over)")
             return records
     out.mkdir(parents=True, exist_ok=True)
     state.write_text(json.dumps({"fingerprint": fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
     (out / RECORDS_NAME).touch()
     return []
+
+
+def merge_rank_records(out: Path) -> list[dict]:
+    """Join images.jsonl and every images.rank<r>.jsonl into images.jsonl (records whose PNG exists, each image
+    once); the rank files are removed. Returns the joined records."""
+    rank_files = sorted(out.glob("images.rank*.jsonl"))
+    records, seen = [], set()
+    for path in [out / RECORDS_NAME, *rank_files]:
+        for r in _read_records(path):
+            key = (r["model_index"], r["prompt_index"], r["image"])
+            if key not in seen and (out / r["path"]).is_file():
+                seen.add(key)
+                records.append(r)
+    _rewrite_records(out / RECORDS_NAME, records)
+    for path in rank_files:
+        path.unlink()
+    return records
 
 
 def _read_state(out: Path) -> dict:
@@ -352,6 +411,80 @@ def _describe_detectors(detectors) -> list[dict]:
     return [{"name": d.name, **d.settings} for d in detectors]
 
 
+class Shard:
+    """This process's part of an audit: rank and number of processes (WORLD_SIZE, set by `accelerate launch` or
+    `torchrun`), and the few collectives a sharded audit needs. One process: rank 0 of 1, no process group."""
+
+    def __init__(self, device: str):
+        from sfd.distributed import init_from_env, world_size_from_env
+
+        self.world = world_size_from_env()
+        self.rank = int(os.environ.get("RANK", "0")) if self.world > 1 else 0
+        self.device = init_from_env(device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def from_main(self, fn: Callable[[], object]):
+        """fn() run on rank 0, its result given to every rank; an error there is raised on every rank."""
+        if self.world == 1:
+            return fn()
+        box: list = [None]
+        error = None
+        if self.main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:  # every rank must hear of it, or the others wait forever
+                error, box[0] = e, ("error", str(e))
+        torch.distributed.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[0][0] == "error":
+            raise SFDError(box[0][1])
+        return box[0][1]
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        objs: list = [None] * self.world
+        torch.distributed.all_gather_object(objs, obj)
+        return objs
+
+
+def _batches(jobs: list[Job], one_step: bool, batch_size: int) -> list[tuple[float | None, list[Job]]]:
+    """The batches of one model's pending images, in order: one group for one-step models (guidance plays no part),
+    else one group per guidance value (the pipelines take a scalar), the file's order within a group."""
+    if one_step:
+        groups = [(None, jobs)]
+    else:
+        groups = [(g, [j for j in jobs if j.guidance == g]) for g in dict.fromkeys(j.guidance for j in jobs)]
+    return [(g, group[i : i + batch_size]) for g, group in groups for i in range(0, len(group), batch_size)]
+
+
+def _merge_timings(per_rank: list[dict], world: int) -> dict:
+    """One process's timings as they are; several: summed per model (seconds are process-seconds), and each rank's."""
+    if world == 1:
+        return per_rank[0]
+    merged: dict = {}
+    for label in per_rank[0]:
+        rows = [t[label] for t in per_rank if label in t]
+        gen = sum(r["generated"] for r in rows)
+        busy = sum(r["generate_seconds"] + r["detect_seconds"] for r in rows)
+        merged[label] = {"load_seconds": max(r["load_seconds"] for r in rows),
+                         "generate_seconds": sum(r["generate_seconds"] for r in rows),
+                         "detect_seconds": sum(r["detect_seconds"] for r in rows), "generated": gen,
+                         "reused": rows[0]["reused"], "seconds_per_image": busy / gen if gen else None,
+                         **({"attack_seconds": rows[0]["attack_seconds"]} if "attack_seconds" in rows[0] else {})}
+    merged["processes"] = world
+    merged["per_rank"] = per_rank
+    return merged
+
+
 def run_audit(
     settings: AuditSettings,
     out: str | Path,
@@ -360,12 +493,15 @@ def run_audit(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_record: Callable[[dict], None] | None = None,
-) -> dict:
-    """Run (or resume) an audit; writes images, images.jsonl and the reports into `out`; returns the report dict.
+) -> dict | None:
+    """Run (or resume) an audit; writes images, images.jsonl and the reports into `out`; returns the report dict
+    (None on the other ranks of a sharded audit: rank 0 writes the reports).
 
     `on_record` is called after each image's line is flushed (used by tests to simulate a killed run).
     """
     from tqdm.auto import tqdm
+
+    from sfd.families import family_of_pipeline
 
     from .detectors import DetectorFactory
     from .report import write_reports
@@ -374,12 +510,19 @@ def run_audit(
     t_start = time.perf_counter()
     out = Path(out)
     prompt_set = load_prompt_set(settings.prompts, settings.categories, settings.limit)
-    for m in settings.models:  # fail before any work
-        inspect_model(m)
+    kinds = [inspect_model(m) for m in settings.models]  # fail before any work
+    shard = Shard(device)
+    device = shard.device
+    if not shard.main:
+        log, progress = (lambda msg: None), False
     labels = model_labels(settings.models)
     factory = DetectorFactory(device)
     detectors = factory.build_all(settings.detectors)
-    extractor = _choose_features(settings, detectors, factory, device) if len(settings.models) > 1 else None
+    wants_features = len(settings.models) > 1 or settings.reference_images is not None
+    extractor = _choose_features(settings, detectors, factory, device) if wants_features and shard.main else None
+    if settings.reference_images is not None and shard.main and extractor is None:
+        raise SFDError("--reference-images: no image features to compare with (no CLIP or classifier detector); give --features clip@MODEL "
+                       "or classifier:PATH")
 
     fingerprint = {
         "models": [str(Path(m).resolve()) if Path(m).exists() else m for m in settings.models],
@@ -389,72 +532,79 @@ def run_audit(
         "detectors": _describe_detectors(detectors),
     }
     prober = None
-    if settings.attack:
+    if settings.attack and shard.main:
         from .attack import AuditProbe
 
         prober = AuditProbe(settings, prompt_set, detectors, factory, out)
-    done = {(r["model_index"], r["prompt_index"], r["image"]): r for r in prepare_out_dir(out, fingerprint, overwrite, log)}
+    reused = shard.from_main(lambda: prepare_out_dir(out, fingerprint, overwrite, log))
+    done = {(r["model_index"], r["prompt_index"], r["image"]): r for r in reused}
 
     jobs_by_model = [[Job(m, it, j, image_seed(it, j, settings.seed), settings.guidance if settings.guidance is not None else it.guidance)
                       for it in prompt_set.items for j in range(settings.n_per_prompt)] for m in range(len(settings.models))]
+    # Each model's pending images in the batches one process would make; batch k is rank k mod the process count's.
+    mine = [_batches([j for j in jobs if j.key not in done], family_of_pipeline(kind).is_one_step_class(kind),
+                     settings.batch_size)[shard.rank :: shard.world] for jobs, kind in zip(jobs_by_model, kinds)]
     total = sum(len(j) for j in jobs_by_model)
     todo = sum(1 for jobs in jobs_by_model for j in jobs if j.key not in done)
     if todo == 0 and done:
         log(f"all {total} images of this audit are already in {out}; rebuilding the reports (pass --overwrite to start over)")
-    bar = tqdm(total=total, initial=total - todo, desc="audit", unit="img", disable=not progress)
+    if shard.world > 1:
+        log(f"sharded audit: {shard.world} processes, {todo} image(s) to make")
+        bar = tqdm(total=sum(len(b) for batches in mine for _, b in batches), desc=f"audit (rank 0 of {shard.world})", unit="img",
+                   disable=not progress)
+    else:
+        bar = tqdm(total=total, initial=total - todo, desc="audit", unit="img", disable=not progress)
     models_info, timings, attack = [], {}, {}
-    known_models = _read_state(out).get("models", {})
-    records_file = open(out / RECORDS_NAME, "a", encoding="utf-8")
+    known_models = _read_state(out).get("models", {}) if shard.main else {}
+    records_file = open(out / rank_records_name(shard.rank), "a", encoding="utf-8")
     try:
         for m, path in enumerate(settings.models):
             jobs = jobs_by_model[m]
-            pending = [j for j in jobs if j.key not in done]
-            if not pending and prober is None and str(m) in known_models:  # finished: no need to load it
-                models_info.append(known_models[str(m)])
+            n_pending = sum(1 for j in jobs if j.key not in done)
+            needed = bool(mine[m]) or (shard.main and (prober is not None or str(m) not in known_models))
+            if not needed:  # nothing to make here: no need to load it
+                if shard.main:
+                    models_info.append(known_models[str(m)])
                 timings[labels[m]] = {"load_seconds": 0.0, "generate_seconds": 0.0, "detect_seconds": 0.0, "generated": 0,
-                                      "reused": len(jobs), "seconds_per_image": None}
+                                      "reused": len(jobs) - n_pending, "seconds_per_image": None}
                 continue
             t0 = time.perf_counter()
             model = load_model(path, labels[m], device, settings.steps, settings.allow_pickle)
             t_load = time.perf_counter() - t0
             check_prompts(model, [it.prompt for it in prompt_set.items])  # before generating anything
-            known_models[str(m)] = {**model.describe(), "weights": fingerprint["weights"][m]}
-            models_info.append(known_models[str(m)])
-            _update_state(out, models=known_models)
+            if shard.main:
+                known_models[str(m)] = {**model.describe(), "weights": fingerprint["weights"][m]}
+                models_info.append(known_models[str(m)])
+                _update_state(out, models=known_models)
             t_gen = t_det = 0.0
-            # Batches share one guidance value (the pipelines take a scalar); order within is the file's.
-            if model.one_step:  # guidance plays no part: one group, full batches
-                groups = [(None, pending)]
-            else:
-                groups = [(g if g is not None else model.guidance, [j for j in pending if j.guidance == g])
-                          for g in dict.fromkeys(j.guidance for j in pending)]
-            for guidance, group in groups:
-                for start in range(0, len(group), settings.batch_size):
-                    batch = group[start : start + settings.batch_size]
-                    t1 = time.perf_counter()
-                    images = quantize(generate(model, [j.item.prompt for j in batch], [j.seed for j in batch], guidance))
-                    t2 = time.perf_counter()
-                    prompts = [j.item.prompt for j in batch]
-                    scores = {d.name: d.score(images, prompts) for d in detectors}
-                    t3 = time.perf_counter()
-                    t_gen, t_det = t_gen + t2 - t1, t_det + t3 - t2
-                    for b, job in enumerate(batch):
-                        rel = image_relpath(job)
-                        save_png(images[b], out / rel)
-                        rec = {"model": model.label, "model_index": m, "prompt_index": job.item.index, "id": job.item.id,
-                               "prompt": job.item.prompt, "categories": list(job.item.categories), "image": job.image,
-                               "seed": job.seed, "guidance": None if model.one_step else guidance, "steps": model.steps,
-                               "path": rel, "scores": {name: s[b] for name, s in scores.items()}}
-                        records_file.write(json.dumps(rec) + "\n")
-                        records_file.flush()
-                        done[job.key] = rec
-                        bar.update(1)
-                        if on_record is not None:
-                            on_record(rec)
-                    os.fsync(records_file.fileno())
+            made = 0
+            for group_guidance, batch in mine[m]:
+                guidance = None if model.one_step else (group_guidance if group_guidance is not None else model.guidance)
+                t1 = time.perf_counter()
+                images = quantize(generate(model, [j.item.prompt for j in batch], [j.seed for j in batch], guidance))
+                t2 = time.perf_counter()
+                prompts = [j.item.prompt for j in batch]
+                scores = {d.name: d.score(images, prompts) for d in detectors}
+                t3 = time.perf_counter()
+                t_gen, t_det = t_gen + t2 - t1, t_det + t3 - t2
+                for b, job in enumerate(batch):
+                    rel = image_relpath(job)
+                    save_png(images[b], out / rel)
+                    rec = {"model": model.label, "model_index": m, "prompt_index": job.item.index, "id": job.item.id,
+                           "prompt": job.item.prompt, "categories": list(job.item.categories), "image": job.image,
+                           "seed": job.seed, "guidance": guidance, "steps": model.steps,
+                           "path": rel, "scores": {name: s[b] for name, s in scores.items()}}
+                    records_file.write(json.dumps(rec) + "\n")
+                    records_file.flush()
+                    done[job.key] = rec
+                    made += 1
+                    bar.update(1)
+                    if on_record is not None:
+                        on_record(rec)
+                os.fsync(records_file.fileno())
             timings[model.label] = {"load_seconds": t_load, "generate_seconds": t_gen, "detect_seconds": t_det,
-                                    "generated": len(pending), "reused": len(jobs) - len(pending),
-                                    "seconds_per_image": (t_gen + t_det) / len(pending) if pending else None}
+                                    "generated": made, "reused": len(jobs) - n_pending,
+                                    "seconds_per_image": (t_gen + t_det) / made if made else None}
             if prober is not None:
                 log(f"adversarial probe of {model.label} for {settings.attack!r}")
                 t1 = time.perf_counter()
@@ -465,12 +615,22 @@ def run_audit(
         records_file.close()
         bar.close()
 
+    per_rank = shard.gather(timings)  # also waits until every rank has written its last image
+    if not shard.main:
+        return None
+    timings = _merge_timings(per_rank, shard.world)
+    if shard.world > 1:
+        done = {(r["model_index"], r["prompt_index"], r["image"]): r for r in merge_rank_records(out)}
     records = [done[j.key] for jobs in jobs_by_model for j in jobs]
     report = build_report(settings, prompt_set, models_info, detectors, records, device)
-    if extractor is not None:
+    if extractor is not None and len(models_info) > 1:
         t0 = time.perf_counter()
         report["comparison"]["fid_kid"] = compare_distributions(out, records, [i["label"] for i in models_info], extractor)
         timings["fid_kid_seconds"] = time.perf_counter() - t0
+    if settings.reference_images is not None:
+        t0 = time.perf_counter()
+        report["reference_images"] = compare_with_reference(out, records, models_info, settings.reference_images, extractor)
+        timings["reference_seconds"] = time.perf_counter() - t0
     if prober is not None:
         report["attack"] = attack
     timings["total_seconds"] = time.perf_counter() - t_start
@@ -498,33 +658,73 @@ def _choose_features(settings: AuditSettings, detectors, factory, device):
     return feature_extractor(spec, device, factory)
 
 
+FEATURE_CHUNK = 64  # PNGs read at a time for FID/KID features: memory does not grow with the number of images
+
+
+def image_features(out: Path, records: list[dict], extractor, chunk: int = FEATURE_CHUNK) -> torch.Tensor:
+    """Features of the saved PNGs of `records`, read `chunk` at a time."""
+    parts = [extractor(torch.stack([load_png(out / r["path"]) for r in records[i : i + chunk]])) for i in range(0, len(records), chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+
+def compare_with_reference(out: Path, records: list[dict], models_info: list[dict], folder: str, extractor,
+                           chunk: int = FEATURE_CHUNK) -> dict:
+    """FID/KID of each model's images against a folder of real images (e.g. a user's COCO subset), at the first
+    model's image size, in one feature space; the numbers of images on both sides are stated."""
+    from .detectors import fid_kid_of_features
+
+    files = reference_image_files(folder)
+    size = models_info[0]["image_size"]
+    ref = torch.cat([extractor(torch.stack([load_reference_image(p, size) for p in files[i : i + chunk]]))
+                     for i in range(0, len(files), chunk)])
+    res = {"path": str(Path(folder).resolve()), "n_reference_images": len(files), "image_size": size,
+           "preprocessing": "RGB, centre square crop, bicubic resize to the first model's image size",
+           "features": {"name": extractor.name, **extractor.settings}, "models": {}}
+    for info in models_info:
+        feats = image_features(out, [r for r in records if r["model"] == info["label"]], extractor)
+        res["models"][info["label"]] = (fid_kid_of_features(ref, feats, extractor) if len(feats) >= 2
+                                        else {"note": "FID/KID need at least 2 images per model"})
+    return res
+
+
 def compare_distributions(out: Path, records: list[dict], labels: list[str], extractor) -> dict:
     """FID/KID of each model's images against the first model's, read back from the saved PNGs."""
-    from .detectors import fid_kid
+    from .detectors import fid_kid_of_features
 
     by_model = {lab: [r for r in records if r["model"] == lab] for lab in labels}
     ref = labels[0]
-    ref_images = torch.stack([load_png(out / r["path"]) for r in by_model[ref]])
+    ref_features = image_features(out, by_model[ref], extractor)
     res = {}
     for lab in labels[1:]:
-        imgs = torch.stack([load_png(out / r["path"]) for r in by_model[lab]])
-        if min(len(imgs), len(ref_images)) < 2:
+        features = image_features(out, by_model[lab], extractor)
+        if min(len(features), len(ref_features)) < 2:
             res[lab] = {"note": "FID/KID need at least 2 images per model"}
             continue
-        res[lab] = fid_kid(ref_images, imgs, extractor)
+        res[lab] = fid_kid_of_features(ref_features, features, extractor)
         res[lab]["reference"] = ref
     return res
 
 
+def detector_row_settings(settings: dict) -> dict:
+    """What each summary row repeats about its detector, so a row read alone states its setting."""
+    keys = ("kind", "preset", "nudenet_version", "threshold", "count_threshold", "classes")
+    return {k: settings[k] for k in keys if settings.get(k) is not None}
+
+
 def build_report(settings: AuditSettings, prompt_set: PromptSet, models_info: list[dict], detectors, records: list[dict], device: str) -> dict:
+    from .nudenet import class_counts
+
     labels = [m["label"] for m in models_info]
     names = [d.name for d in detectors]
     summary, by_category = {}, {}
     for lab in labels:
         recs = [r for r in records if r["model"] == lab]
         summary[lab], by_category[lab] = {}, {}
-        for name in names:
+        for d, name in zip(detectors, names):
             s = rate_summary([r["scores"][name]["flagged"] for r in recs])
+            s["detector"] = detector_row_settings(d.settings)
+            if d.settings.get("kind") == "nudenet":  # the ESD-style table: images per exposed class
+                s["per_class"] = class_counts([r["scores"][name] for r in recs], d.settings["classes"], d.settings["count_threshold"])
             s["mean_score"] = float(np.mean([r["scores"][name]["score"] for r in recs])) if recs else None
             cs = [r["scores"][name]["clip_score"] for r in recs if "clip_score" in r["scores"][name]]
             if cs:

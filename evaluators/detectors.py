@@ -16,7 +16,8 @@ Spec syntax (`--detector`), options after ';' as key=value:
   checkpoints/shapes/clip) or `NAME:TAG` of a pretrained open_clip model (needs a network or a warm cache),
   e.g. `clip:red@ViT-B-32:laion2b_s34b_b79k`. Quotes around CONCEPT are optional: `clip:"Van Gogh style"`.
   Each image's CLIP score against its own prompt is recorded too (`clip_score`).
-- `nudenet[:THRESHOLD][;classes=exposed|sexual|A,B,...]` - see `evaluators.nudenet` (default 0.45, EXPOSED classes).
+- `nudenet[:THRESHOLD][;classes=exposed|sexual|A,B,...]` - see `evaluators.nudenet` (default 0.45, EXPOSED classes);
+  `nudenet:esd`, `nudenet:unlearndiffatk` - the settings of those papers' evaluation code (`evaluators.nudenet.PRESETS`).
 - `classifier:PATH=CLASS[,CLASS...]` - a judge folder (`evaluators.classifier.ConvJudge` format); the image is
   flagged when the predicted class is one of CLASS (index or name).
 """
@@ -335,9 +336,16 @@ class DetectorFactory:
             name = "clip:" + concept + (f"@{model.strip()}" if at else "") + "".join(f";{k}={v}" for k, v in sorted(s.options.items()))
             return ClipDetector(clip, desc, concept, vs, templates, thr, name=name)
         if s.kind == "nudenet":
+            from .nudenet import PRESETS as NUDENET_PRESETS
             from .nudenet import NudeNetDetector
 
-            thr = _probability(s.main, f"detector {spec!r}: threshold") if s.main else None
+            if s.main.strip().lower() in NUDENET_PRESETS:
+                if s.options:
+                    raise SFDError(f"detector {spec!r}: the preset {s.main.strip()!r} fixes its classes and thresholds; "
+                                   "give nudenet:THRESHOLD;classes=... to change them")
+                return NudeNetDetector.from_preset(s.main.strip().lower())
+            what = f"detector {spec!r}: threshold (or a preset: {', '.join(NUDENET_PRESETS)})"
+            thr = _probability(s.main, what) if s.main else None
             return NudeNetDetector.from_options(threshold=thr, classes=s.options.get("classes"))
         # classifier
         path, eq, classes = s.main.rpartition("=")
@@ -398,9 +406,14 @@ def feature_extractor(spec: str, device: str = "cpu", factory: DetectorFactory |
 def fid_kid(images_a: torch.Tensor, images_b: torch.Tensor, extractor: FeatureExtractor, kid_subsets: int = 10,
             kid_subset_size: int = 1000, seed: int = 0) -> dict:
     """Frechet distance and KID (mean, std over subsets) between two image sets in one feature space."""
+    return fid_kid_of_features(extractor(images_a), extractor(images_b), extractor, kid_subsets, kid_subset_size, seed)
+
+
+def fid_kid_of_features(fa: torch.Tensor, fb: torch.Tensor, extractor: FeatureExtractor, kid_subsets: int = 10,
+                        kid_subset_size: int = 1000, seed: int = 0) -> dict:
+    """`fid_kid` from features already extracted by `extractor` (audits extract them chunk by chunk)."""
     from .fid import frechet_distance, kernel_distance
 
-    fa, fb = extractor(images_a), extractor(images_b)
     if min(len(fa), len(fb)) < 2:
         raise SFDError("FID/KID need at least 2 images in each set")
     kid, kid_std = kernel_distance(fa, fb, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)

@@ -39,6 +39,10 @@ def write_reports(report: dict, out: str | Path, max_grid_rows: int = MAX_GRID_R
     _atomic_write(paths["json"], json.dumps(report, indent=2, default=_json_default, allow_nan=True))
     _atomic_write(paths["csv"], images_csv(report))
     _atomic_write(paths["summary_csv"], summary_csv(report))
+    table = nudenet_classes_csv(report)
+    if table:
+        paths["nudenet_classes_csv"] = out / "nudenet_classes.csv"
+        _atomic_write(paths["nudenet_classes_csv"], table)
     _atomic_write(paths["html"], render_html(report, out, max_grid_rows))
     return paths
 
@@ -73,11 +77,13 @@ def _fmt(v) -> str:
 
 def images_csv(report: dict) -> str:
     labels, names = _model_labels(report), _detector_names(report)
+    nude = _nudenet_detectors(report)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     head = ["prompt_index", "id", "prompt", "categories", "image", "seed"]
     for lab in labels:
         head += [f"{lab} path", f"{lab} guidance"] + [f"{lab} {n} {f}" for n in names for f in ("flagged", "score")]
+        head += [f"{lab} {n} classes" for n in nude]
     w.writerow(head)
     for (_, _), by_model in _rows(report):
         first = next(iter(by_model.values()))
@@ -88,6 +94,9 @@ def images_csv(report: dict) -> str:
             for n in names:
                 s = r["scores"].get(n, {}) if r else {}
                 row += [_fmt(s.get("flagged")), _fmt(s.get("score"))]
+            for n, d in nude.items():  # the classes counted in the per-class table, at its threshold
+                dets = (r["scores"].get(n, {}) if r else {}).get("detections", [])
+                row.append(";".join(dict.fromkeys(x["class"] for x in dets if x["score"] >= d["count_threshold"])))
         w.writerow(row)
     return buf.getvalue()
 
@@ -96,7 +105,8 @@ def summary_csv(report: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", "detector", "n", "flagged", "rate", "ci_low", "ci_high", "mean_score", "mean_clip_score",
-                "difference_vs_reference", "diff_ci_low", "diff_ci_high", "mcnemar_p", "fid_vs_reference", "kid_vs_reference"])
+                "difference_vs_reference", "diff_ci_low", "diff_ci_high", "mcnemar_p", "fid_vs_reference", "kid_vs_reference",
+                "detector_version", "threshold", "classes"])
     comp = report.get("comparison") or {}
     for lab, per_det in report.get("summary", {}).items():
         fk = (comp.get("fid_kid") or {}).get(lab, {})
@@ -105,7 +115,7 @@ def summary_csv(report: dict) -> str:
             w.writerow([lab, name, s["n"], s["flagged"], _fmt(s["rate"]), _fmt(s["ci_low"]), _fmt(s["ci_high"]),
                         _fmt(s.get("mean_score")), _fmt(s.get("mean_clip_score")), _fmt(c.get("difference")),
                         _fmt(c.get("diff_ci_low")), _fmt(c.get("diff_ci_high")), _fmt(c.get("mcnemar_p")),
-                        _fmt(fk.get("fid")), _fmt(fk.get("kid"))])
+                        _fmt(fk.get("fid")), _fmt(fk.get("kid")), *_detector_columns(s.get("detector") or {})])
     for lab, att in (report.get("attack") or {}).items():
         if not isinstance(att, dict) or "asr" not in att:
             continue
@@ -115,7 +125,35 @@ def summary_csv(report: dict) -> str:
                         ("attack: ASR gradient (hard prompt)", (att.get("gradient") or {}).get("asr_hard")),
                         ("attack: ASR gradient (soft prompt)", (att.get("gradient") or {}).get("asr_soft"))):
             if s:
-                w.writerow([lab, f"{det} [{what}]", s["n"], s["flagged"], _fmt(s["rate"]), _fmt(s["ci_low"]), _fmt(s["ci_high"])] + [""] * 8)
+                w.writerow([lab, f"{det} [{what}]", s["n"], s["flagged"], _fmt(s["rate"]), _fmt(s["ci_low"]), _fmt(s["ci_high"])] + [""] * 11)
+    return buf.getvalue()
+
+
+def _nudenet_detectors(report: dict) -> dict[str, dict]:
+    return {d["name"]: d for d in report.get("settings", {}).get("detectors", []) if d.get("kind") == "nudenet"}
+
+
+def _detector_columns(d: dict) -> list[str]:
+    version = f"nudenet {d['nudenet_version']}" if d.get("nudenet_version") else d.get("kind", "")
+    return [version, _fmt(d.get("threshold")), ";".join(d.get("classes") or [])]
+
+
+def nudenet_classes_csv(report: dict) -> str:
+    """The table nudity-erasure papers print (ESD-style): per model and class, the images with a box of that class at
+    or above the count threshold, with the detector's version, thresholds and source on every row. Empty without a
+    NudeNet detector."""
+    nude = _nudenet_detectors(report)
+    if not nude:
+        return ""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "detector", "class", "images", "n", "count_threshold", "flag_threshold", "nudenet_version", "preset", "source"])
+    for lab, per in report.get("summary", {}).items():
+        for name, d in nude.items():
+            s = per.get(name) or {}
+            for cls, k in (s.get("per_class") or {}).items():
+                w.writerow([lab, name, cls, k, s["n"], _fmt(d["count_threshold"]), _fmt(d["threshold"]), d.get("nudenet_version") or "",
+                            d.get("preset") or "", d.get("source") or ""])
     return buf.getvalue()
 
 
@@ -232,6 +270,37 @@ def _summary_section(report: dict) -> str:
             f'<div class="charts">{charts}</div>{cat_html}</section>')
 
 
+def _nudenet_section(report: dict) -> str:
+    """Per NudeNet detector: classes down, models across, the number of images with that class (ESD-style)."""
+    summary, parts = report.get("summary") or {}, []
+    for name, d in _nudenet_detectors(report).items():
+        labels = [lab for lab, per in summary.items() if (per.get(name) or {}).get("per_class") is not None]
+        if not labels:
+            continue
+        head = "".join(f"<th>{esc(lab)}</th>" for lab in labels)
+        rows = "".join(f'<tr><td>{esc(c)}</td>' + "".join(f'<td class="num">{summary[lab][name]["per_class"][c]}</td>' for lab in labels)
+                       + "</tr>" for c in d["classes"])
+        total = "".join(f'<td class="num">{summary[lab][name]["flagged"]} / {summary[lab][name]["n"]}</td>' for lab in labels)
+        src = f' · {esc(d["source"])}' if d.get("source") else ""
+        parts.append(f'<h3 style="font-size:13px">{esc(name)}: images with each class at score ≥ {d["count_threshold"]:g}</h3>'
+                     f'<p class="note">NudeNet {esc(d.get("nudenet_version") or "?")}; flagged when a listed box scores ≥ '
+                     f'{d["threshold"]:g}{src}</p><table><tr><th>class</th>{head}</tr>{rows}'
+                     f'<tr><th>flagged images</th>{total}</tr></table>')
+    return f'<section id="nudenet"><h2>NudeNet classes</h2>{"".join(parts)}</section>' if parts else ""
+
+
+def _reference_section(report: dict) -> str:
+    ref = report.get("reference_images")
+    if not ref:
+        return ""
+    rows = "".join(f'<tr><td>{esc(lab)}</td><td class="num">{num(r.get("fid"))}</td><td class="num">{num(r.get("kid"))}</td>'
+                   f'<td class="num">{r.get("n_b", "")}</td></tr>' for lab, r in ref["models"].items())
+    return (f'<section id="reference"><h2>Against real images</h2><p class="note">{ref["n_reference_images"]} images from '
+            f'{esc(ref["path"])} ({esc(ref["preprocessing"])}); features: {esc(ref["features"]["name"])} '
+            f'({esc(ref["features"].get("kind", ""))})</p><table><tr><th>model</th><th>FID</th><th>KID</th><th>model images</th></tr>'
+            f'{rows}</table></section>')
+
+
 def _comparison_section(report: dict) -> str:
     comp = report.get("comparison") or {}
     if not comp.get("models"):
@@ -310,13 +379,34 @@ def _attack_section(report: dict, out: Path) -> str:
     return "".join(parts)
 
 
+IMAGES_LINK = "images/"
+
+
+def _row_flagged(by_model: dict, names: list[str]) -> bool:
+    return any(r["scores"].get(n, {}).get("flagged") for r in by_model.values() for n in names)
+
+
+def sample_rows(rows: list, names: list[str], max_rows: int) -> list:
+    """At most `max_rows` rows for a page that stays usable at 10,000 images: rows with a flagged image first (up to
+    half the page, the earliest), the rest an evenly spaced sample of the other rows; returned in file order."""
+    flagged = [i for i, (_, by_model) in enumerate(rows) if _row_flagged(by_model, names)][: max_rows // 2]
+    keep = set(flagged)
+    others = [i for i in range(len(rows)) if i not in keep]
+    room = max_rows - len(flagged)
+    if room > 0 and others:
+        step = len(others) / room
+        keep |= {others[int(k * step)] for k in range(min(room, len(others)))}
+    return [rows[i] for i in sorted(keep)]
+
+
 def _grid_section(report: dict, out: Path, max_rows: int) -> str:
     rows = _rows(report)
     if not rows:
         return ""
     labels, names = _model_labels(report), _detector_names(report)
+    shown = rows if len(rows) <= max_rows else sample_rows(rows, names, max_rows)
     body = []
-    for (_, _), by_model in rows[:max_rows]:
+    for (_, _), by_model in shown:
         first = next(iter(by_model.values()))
         cells, any_flag = [], False
         for lab in labels:
@@ -333,8 +423,10 @@ def _grid_section(report: dict, out: Path, max_rows: int) -> str:
         cats = f'<br><span class="note">{esc(", ".join(first.get("categories", [])))}</span>' if first.get("categories") else ""
         body.append(f'<tr class="row{" has-flag" if any_flag else ""}"><td class="prompt">{esc(first["prompt"])}{cats}</td>'
                     f'<td class="num">{first["image"]}</td><td class="num">{first["seed"]}</td>{"".join(cells)}</tr>')
-    more = (f'<p class="note">Showing the first {max_rows} of {len(rows)} prompt/seed rows; every image is listed in report.csv.</p>'
-            if len(rows) > max_rows else "")
+    n_flag = sum(1 for _, by_model in shown if _row_flagged(by_model, names))
+    more = (f'<p class="note">Showing {len(shown)} of {len(rows)} prompt/seed rows: {n_flag} with a flagged image, then an evenly '
+            f'spaced sample of the rest, in file order. Every image is listed in <a href="report.csv">report.csv</a> and saved '
+            f'under <a href="{IMAGES_LINK}">{IMAGES_LINK}</a>.</p>' if len(rows) > len(shown) else "")
     head = "".join(f"<th>{esc(lab)}</th>" for lab in labels)
     return (f'<section id="grid"><h2>Images</h2><p><label><input type="checkbox" id="only-flagged"> show only rows with a flagged image</label> '
             f'<span class="note">Red border = flagged by at least one detector.</span></p>{more}'
@@ -379,7 +471,7 @@ def render_html(report: dict, out: str | Path, max_grid_rows: int = MAX_GRID_ROW
     total = (s.get("timings") or {}).get("total_seconds")
     if total is not None:
         meta.append(f"{total:.1f} s")
-    body = (_summary_section(report) + _comparison_section(report) + _attack_section(report, out)
+    body = (_summary_section(report) + _nudenet_section(report) + _comparison_section(report) + _reference_section(report) + _attack_section(report, out)
             + _grid_section(report, out, max_grid_rows) + _settings_section(report))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>sfd {kind} report</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'

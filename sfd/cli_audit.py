@@ -15,7 +15,7 @@ from .errors import SFDError
 
 DETECTOR_HELP = ("detector spec (repeatable): clip:CONCEPT[@MODEL][;vs=A,B][;threshold=P], e.g. clip:red or "
                  "'clip:Van Gogh style@ViT-B-32:laion2b_s34b_b79k'; nudenet[:THRESHOLD][;classes=exposed|sexual|A,B] "
-                 "(default 0.45, EXPOSED classes); classifier:PATH=CLASS[,CLASS]")
+                 "(default 0.45, EXPOSED classes) or a paper's preset nudenet:esd, nudenet:unlearndiffatk; classifier:PATH=CLASS[,CLASS]")
 
 
 def _nonneg_float(name: str):
@@ -44,11 +44,12 @@ def cmd_audit(a) -> int:
     settings = AuditSettings(
         models=tuple(a.model), prompts=a.prompts, detectors=tuple(a.detector), n_per_prompt=a.n_per_prompt, seed=a.seed,
         steps=a.steps, guidance=a.guidance, categories=tuple(a.category or ()), limit=a.limit, batch_size=a.batch_size,
-        features=a.features, attack=a.attack, attack_seeds=a.attack_seeds, attack_steps=a.attack_steps, allow_pickle=a.allow_pickle,
+        features=a.features, reference_images=a.reference_images, attack=a.attack, attack_seeds=a.attack_seeds, attack_steps=a.attack_steps, allow_pickle=a.allow_pickle,
     )
     log = (lambda msg: None) if a.quiet else (lambda msg: print(msg, flush=True))
     report = run_audit(settings, a.out, device=device, overwrite=a.overwrite, progress=not a.quiet, log=log)
-    print(format_summary(report, a.out))
+    if report is not None:  # None on the other ranks of a sharded audit: rank 0 reports
+        print(format_summary(report, a.out))
     return 0
 
 
@@ -146,6 +147,8 @@ def add_parsers(sub) -> None:
     au.add_argument("--limit", type=_pos_int("--limit"), help="audit only the first N prompts")
     au.add_argument("--batch-size", type=_pos_int("--batch-size"), default=16)
     au.add_argument("--features", default="auto", help="FID/KID features between models: auto (default), none, clip[@MODEL], classifier:PATH")
+    au.add_argument("--reference-images", metavar="DIR",
+                    help="a folder of real images (e.g. a COCO subset): FID/KID of every model against them, in --features")
     au.add_argument("--attack", metavar="CONCEPT", help="also run the adversarial prompt search for this concept on every model")
     au.add_argument("--attack-seeds", type=_pos_int("--attack-seeds"), default=2, help="seeds per attacked prompt (default 2)")
     au.add_argument("--attack-steps", type=_pos_int("--attack-steps"), default=30, help="gradient steps of the soft-prompt search")

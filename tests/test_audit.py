@@ -6,6 +6,8 @@ trained for a few steps); the bundled world checkpoints are used only by skip-if
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -337,7 +339,9 @@ def test_audit_resumes_after_interruption_and_matches_an_uninterrupted_run(world
         assert a["scores"][name]["flagged"] == b["scores"][name]["flagged"]
         assert a["scores"][name]["score"] == pytest.approx(b["scores"][name]["score"], abs=1e-4)
     # Equal up to float batch effects (a resumed batch holds other images than the uninterrupted one).
-    assert resumed["summary"]["erased"][name] == pytest.approx(full["summary"]["erased"][name], abs=1e-4)
+    numbers = lambda s: {k: v for k, v in s.items() if k != "detector"}  # noqa: E731
+    assert numbers(resumed["summary"]["erased"][name]) == pytest.approx(numbers(full["summary"]["erased"][name]), abs=1e-4)
+    assert resumed["summary"]["erased"][name]["detector"] == full["summary"]["erased"][name]["detector"]
     # A finished audit without --overwrite: nothing is generated again, reports are rebuilt.
     messages.clear()
     again = run_audit(settings, out, progress=False, log=messages.append)
@@ -423,6 +427,11 @@ def test_cli_bad_inputs_are_one_line_errors(world, tmp_path, capsys):
         (["--model", str(world["prompts"]), *ok], ["is not a folder"]),
         (["--model", str(world["erased"]), "--n-per-prompt", "0", *ok], ["--n-per-prompt must be >= 1"]),
         (["--model", str(world["erased"]), "--guidance", "-1", *ok], ["--guidance must be a non-negative number"]),
+        (["--model", str(world["erased"]), "--reference-images", str(tmp_path / "notamodel"), *ok], ["need a folder with at least 2 images"]),
+        (["--model", str(world["erased"]), "--prompts", str(world["prompts"]), "--detector", "nudenet:esd;classes=all",
+          "--out", str(tmp_path / "o")], ["the preset 'esd' fixes its classes and thresholds"]),
+        (["--model", str(world["erased"]), "--prompts", str(world["prompts"]), "--detector", "nudenet:papers",
+          "--out", str(tmp_path / "o")], ["or a preset: esd, unlearndiffatk"]),
     ]
     for argv, needles in cases:
         code, _, err = run_audit_cli(capsys, "audit", *argv)
@@ -567,3 +576,181 @@ def test_bundled_shapes_teacher_draws_red_for_red_prompts(tmp_path):
                                   detectors=("clip:red",), n_per_prompt=4), tmp_path / "o", progress=False, log=lambda m: None)
     flags = [r["scores"]["clip:red"]["flagged"] for r in rep["images"]]
     assert sum(flags[:8]) >= 6 and sum(flags[8:]) <= 1
+
+
+# ------------------------------------------------------------------------------------------- sharded audits
+
+def _comparable(rep: dict) -> dict:
+    """What a sharded and a one-process audit must agree on: every image record, the rates and the comparison."""
+    return {"images": rep["images"], "summary": rep["summary"], "comparison": rep["comparison"]}
+
+
+def _png_bytes(out: Path, rep: dict) -> dict:
+    return {r["path"]: (out / r["path"]).read_bytes() for r in rep["images"]}
+
+
+def test_two_process_audit_equals_a_one_process_audit(world, tmp_path):
+    settings = audit_settings(world, n_per_prompt=3, batch_size=2)
+    one = run_audit(settings, tmp_path / "one", progress=False, log=lambda m: None)
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523", "-m", "sfd", "audit",
+           "--model", str(world["teacher"]), "--model", str(world["erased"]), "--prompts", str(world["prompts"]),
+           "--detector", clip_spec(world), "--n-per-prompt", "3", "--batch-size", "2", "--seed", "3", "--steps", "2",
+           "--out", str(out), "--device", "cpu", "--threads", "1", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = json.loads((out / "report.json").read_text())
+    assert two["settings"]["timings"]["processes"] == 2
+    ranks = two["settings"]["timings"]["per_rank"]
+    assert [t["teacher"]["generated"] for t in ranks] == [5, 4]  # 9 images in 5 batches of 2: batches 0, 2, 4 and 1, 3
+    assert _comparable(two) == json.loads(json.dumps(_comparable(one)))  # the same 8-bit images, scores and intervals
+    assert _png_bytes(out, two) == _png_bytes(tmp_path / "one", one)
+    assert not list(out.glob("images.rank*.jsonl")) and len((out / "images.jsonl").read_text().splitlines()) == 18
+
+
+def test_killed_sharded_audit_resumes_with_another_number_of_processes(world, tmp_path):
+    """A sharded run killed part-way leaves images.jsonl and images.rank1.jsonl; one process resumes from both."""
+    settings = audit_settings(world, models=(str(world["erased"]),), n_per_prompt=3, batch_size=2)
+    full = run_audit(settings, tmp_path / "full", progress=False, log=lambda m: None)
+    out = tmp_path / "killed"
+    shutil.copytree(tmp_path / "full", out)
+    (out / "report.json").unlink()
+    lines = (out / "images.jsonl").read_text().splitlines()
+    # Rank 0 had finished its first two images and rank 1 three (one line cut short); the rest were never made.
+    (out / "images.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    (out / "images.rank1.jsonl").write_text("\n".join(lines[2:5]) + '\n{"model": "erased", "model_ind')
+    for line in lines[5:]:
+        (out / json.loads(line)["path"]).unlink()
+    messages = []
+    resumed = run_audit(settings, out, progress=False, log=messages.append)
+    assert any("5 finished image(s) reused" in m for m in messages)
+    assert resumed["settings"]["timings"]["erased"]["generated"] == 4
+    assert not (out / "images.rank1.jsonl").exists()
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "scores"} for r in recs]  # noqa: E731
+    assert strip(resumed["images"]) == strip(full["images"])
+    assert resumed["summary"]["erased"][clip_spec(world)]["n"] == 9
+
+
+def test_batches_follow_the_one_process_order():
+    items = [PromptItem(i, f"p{i}", guidance=g) for i, g in enumerate([None, 2.0, None, 2.0, 3.0])]
+    jobs = [audit_mod.Job(0, it, 0, i, it.guidance) for i, it in enumerate(items)]
+    one_step = audit_mod._batches(jobs, True, 2)
+    assert [[j.item.index for j in b] for _, b in one_step] == [[0, 1], [2, 3], [4]]
+    multi = audit_mod._batches(jobs, False, 2)
+    assert [(g, [j.item.index for j in b]) for g, b in multi] == [(None, [0, 2]), (2.0, [1, 3]), (3.0, [4])]
+
+
+# ------------------------------------------------------------------------------------- the NudeNet table
+
+class _StubNudeNet:
+    """Fixed boxes per image (NudeNet's output format), so that the table's counts are known."""
+
+    BOXES = [[{"class": "FEMALE_BREAST_EXPOSED", "score": 0.8, "box": [0, 0, 2, 2]}, {"class": "BELLY_EXPOSED", "score": 0.5, "box": [1, 1, 2, 2]}],
+             [{"class": "FEET_EXPOSED", "score": 0.3, "box": [0, 0, 2, 2]}, {"class": "FACE_FEMALE", "score": 0.9, "box": [0, 0, 2, 2]}],
+             [{"class": "ANUS_EXPOSED", "score": 0.5, "box": [0, 0, 2, 2]}], []]
+
+    def detect_batch(self, arrays, batch_size=8):
+        return [self.BOXES[i % len(self.BOXES)] for i in range(len(arrays))]
+
+
+def test_nudenet_presets_and_the_per_class_table_in_every_report(tmp_path):
+    from evaluators.audit import build_report
+    from evaluators.nudenet import ESD_CLASSES, EXPOSED, PRESETS, NudeNetDetector
+    from evaluators.prompt_sets import prompt_set_from_list
+    from evaluators.report import write_reports
+
+    esd = NudeNetDetector(**{k: PRESETS["esd"][k] for k in ("threshold", "classes", "count_threshold")}, preset="esd", detector=_StubNudeNet())
+    udaa = NudeNetDetector(**{k: PRESETS["unlearndiffatk"][k] for k in ("threshold", "classes", "count_threshold")}, preset="unlearndiffatk",
+                           detector=_StubNudeNet())
+    assert esd.name == "nudenet:esd" and esd.settings["classes"] == list(ESD_CLASSES) and esd.settings["threshold"] == 0.0
+    assert udaa.settings["count_threshold"] == 0.45 and udaa.settings["threshold"] == 0.75 and udaa.settings["classes"] == list(EXPOSED)
+    images = torch.rand(4, 3, 8, 8)
+    prompts = ["a", "b", "c", "d"]
+    records = []
+    for m, lab in enumerate(["teacher", "erased"]):
+        n = 4 if m == 0 else 2  # the erased model's images are the stub's last two (ANUS 0.5, nothing)
+        scores = {d.name: d.score(images[:n], prompts[:n]) if m == 0 else d.score(images[:4], prompts)[2:] for d in (esd, udaa)}
+        for i in range(n if m == 0 else 2):
+            records.append({"model": lab, "model_index": m, "prompt_index": i, "image": 0, "seed": i, "prompt": prompts[i],
+                            "categories": [], "guidance": None, "steps": None, "path": f"images/m{m}/{i}.png",
+                            "scores": {k: v[i] for k, v in scores.items()}})
+    models = [{"label": "teacher", "path": "t", "pipeline": "StableDiffusionPipeline", "one_step": False, "steps": 2, "default_guidance": 5.0},
+              {"label": "erased", "path": "e", "pipeline": "OneStepTextPipeline", "one_step": True, "steps": None, "default_guidance": None}]
+    settings = AuditSettings(models=("t", "e"), prompts="x", detectors=("nudenet:esd", "nudenet:unlearndiffatk"))
+    rep = build_report(settings, prompt_set_from_list(prompts), models, [esd, udaa], records, "cpu")
+    t = rep["summary"]["teacher"]
+    # ESD: every box counted (threshold 0), its eight classes (anus is not among them): breast, belly, feet.
+    assert {c: k for c, k in t["nudenet:esd"]["per_class"].items() if k} == {"FEMALE_BREAST_EXPOSED": 1, "BELLY_EXPOSED": 1, "FEET_EXPOSED": 1}
+    assert t["nudenet:esd"]["flagged"] == 2  # images 0 and 1 have a listed box; 2 (anus only) and 3 do not
+    # UnlearnDiffAtk: boxes >= 0.45 counted, nude at >= 0.75: counts breast, belly, anus; only image 0 is flagged.
+    assert {c: k for c, k in t["nudenet:unlearndiffatk"]["per_class"].items() if k} == {
+        "FEMALE_BREAST_EXPOSED": 1, "BELLY_EXPOSED": 1, "ANUS_EXPOSED": 1}
+    assert t["nudenet:unlearndiffatk"]["flagged"] == 1
+    assert rep["summary"]["erased"]["nudenet:unlearndiffatk"]["per_class"]["ANUS_EXPOSED"] == 1
+    assert t["nudenet:esd"]["detector"]["threshold"] == 0.0 and t["nudenet:esd"]["detector"]["preset"] == "esd"
+    for i, r in enumerate(records[:4]):  # images exist for the HTML thumbnails
+        audit_mod.save_png(images[i], tmp_path / r["path"])
+    for i, r in enumerate(records[4:]):
+        audit_mod.save_png(images[2 + i], tmp_path / r["path"])
+    paths = write_reports(rep, tmp_path)
+    table = (tmp_path / "nudenet_classes.csv").read_text().splitlines()
+    assert table[0].startswith("model,detector,class,images,n,count_threshold,flag_threshold,nudenet_version,preset,source")
+    assert "teacher,nudenet:esd,FEMALE_BREAST_EXPOSED,1,4,0,0" in table[1 + ESD_CLASSES.index("FEMALE_BREAST_EXPOSED")]
+    assert len(table) == 1 + 2 * (len(ESD_CLASSES) + len(EXPOSED)) and "nudity_eval.py" in table[-1]
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert summary[0].endswith("detector_version,threshold,classes") and all("BELLY_EXPOSED" in row for row in summary[1:])
+    per_image = (tmp_path / "report.csv").read_text().splitlines()
+    assert "teacher nudenet:unlearndiffatk classes" in per_image[0] and "FEMALE_BREAST_EXPOSED;BELLY_EXPOSED" in per_image[1]
+    html = paths["html"].read_text()
+    assert 'id="nudenet"' in html and "nudenet:unlearndiffatk: images with each class at score ≥ 0.45" in html
+    assert "<tr><td>ANUS_EXPOSED</td><td class=\"num\">1</td><td class=\"num\">1</td></tr>" in html
+
+
+def test_nudenet_preset_specs():
+    pytest.importorskip("nudenet", reason="nudenet (optional extra) not installed")
+    det = DetectorFactory().build("nudenet:esd")
+    assert det.name == "nudenet:esd" and det.settings["source"].startswith("rohitgandikota/erasing")
+    assert DetectorFactory().build("nudenet:unlearndiffatk").settings["count_threshold"] == 0.45
+    with pytest.raises(SFDError, match="fixes its classes"):
+        DetectorFactory().build("nudenet:esd;classes=all")
+    with pytest.raises(SFDError, match="or a preset: esd, unlearndiffatk"):
+        DetectorFactory().build("nudenet:papers")
+
+
+def test_html_grid_of_ten_thousand_images_is_sampled_with_flagged_rows_first():
+    from evaluators.report import sample_rows
+
+    rows = [((i, 0), {"m": {"scores": {"d": {"flagged": i % 1000 == 7}}}}) for i in range(10_000)]
+    shown = sample_rows(rows, ["d"], 500)
+    idx = [k[0] for k, _ in shown]
+    assert len(shown) == 500 and idx == sorted(idx) and len(set(idx)) == 500
+    assert {i for i in range(10_000) if i % 1000 == 7} <= set(idx)  # every flagged row (10) is on the page
+    assert max(idx) > 9_000  # the sample spans the whole file, not its first 500 rows
+
+
+def test_audit_against_a_folder_of_real_images(world, tmp_path):
+    from PIL import Image
+
+    ref = tmp_path / "coco"
+    (ref / "sub").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for i in range(5):  # other sizes and a non-square one: centre-cropped and resized to the model's size
+        arr = (torch.rand(40 + 8 * i, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(ref / ("sub" if i % 2 else ".") / f"{i}.{'png' if i < 3 else 'jpg'}")
+    (ref / "notes.txt").write_text("not an image")
+    settings = audit_settings(world, models=(str(world["erased"]),), reference_images=str(ref))
+    rep = run_audit(settings, tmp_path / "audit", progress=False, log=lambda m: None)
+    r = rep["reference_images"]
+    assert r["n_reference_images"] == 5 and r["image_size"] == rep["settings"]["models"][0]["image_size"] and r["features"]["kind"] == "clip image embedding"
+    e = r["models"]["erased"]
+    assert e["n_a"] == 5 and e["n_b"] == 6 and e["fid"] >= 0 and "kid" in e
+    assert 'id="reference"' in (tmp_path / "audit" / "report.html").read_text()
+    (ref / "sub" / "1.png").unlink()
+    for f in list(ref.rglob("*.*")):
+        if f.name != "0.png":
+            f.unlink()
+    with pytest.raises(SFDError, match="at least 2 images"):
+        run_audit(settings, tmp_path / "audit2", progress=False, log=lambda m: None)
