@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def _pos_int(name: str):
         v = _nonneg_int(name)(text)
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+
+    return parse
+
+
+def _float_arg(name: str, positive: bool = False):
+    """A finite float argument, >= 0 (or > 0 with `positive`); bad values are argparse's one-line errors."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise argparse.ArgumentTypeError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {text!r}")
         return v
 
     return parse
@@ -108,8 +123,8 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
         generator = _choose_base(a, family, name)
         stage = "erase" if generator else "single"
     config = preset(name, stage).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets,
-                                         micro_batches=a.micro_batches)
-    if a.lora or a.lora_rank or a.lora_targets:
+                                         lora_lr_scale=a.lora_lr_scale, micro_batches=a.micro_batches)
+    if a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale:
         config = config.replace(lora=True)
     evaluate = world_evaluator(family, a.model, seed=config.seed, device=device, progress=not a.quiet)
     return run_sfd(a.model, a.out, config, forget=forget, override=override, generator=generator,
@@ -363,6 +378,8 @@ def _add_run_arguments(p, model_help: str) -> None:
                    help="generator and fake score as LoRA adapters on the one frozen teacher network (the preset's rank)")
     p.add_argument("--lora-rank", type=_pos_int("--lora-rank"), help="LoRA rank (implies --lora)")
     p.add_argument("--lora-targets", help="comma-separated module names LoRA adapts (implies --lora; default: the family's list)")
+    p.add_argument("--lora-lr-scale", type=_float_arg("--lora-lr-scale", positive=True),
+                   help="multiply both learning rates by this in LoRA mode (implies --lora; default: the preset's)")
     p.add_argument("--micro-batches", type=_pos_int("--micro-batches"),
                    help="split each process's batch into N parts, one backward each (gradient accumulation; default: the preset's)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="dtype of the frozen teacher")

@@ -6,8 +6,6 @@ Heavy modules are imported inside the commands so that `sfd --help` stays fast.
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -16,19 +14,6 @@ from .errors import SFDError
 DETECTOR_HELP = ("detector spec (repeatable): clip:CONCEPT[@MODEL][;vs=A,B][;threshold=P], e.g. clip:red or "
                  "'clip:Van Gogh style@ViT-B-32:laion2b_s34b_b79k'; nudenet[:THRESHOLD][;classes=exposed|sexual|A,B] "
                  "(default 0.45, EXPOSED classes) or a paper's preset nudenet:esd, nudenet:unlearndiffatk; classifier:PATH=CLASS[,CLASS]")
-
-
-def _nonneg_float(name: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(v) or v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative number, got {text!r}")
-        return v
-
-    return parse
 
 
 def cmd_audit(a) -> int:
@@ -130,7 +115,7 @@ def cmd_attack(a) -> int:
 
 def add_parsers(sub) -> None:
     """Add `audit` and `attack` to an argparse subparsers object (sfd/cli.py's build_parser)."""
-    from .cli import _nonneg_int, _pos_int
+    from .cli import _float_arg, _nonneg_int, _pos_int
 
     au = sub.add_parser("audit", help="generate from a prompt set with fixed seeds, run detectors, write JSON/CSV/HTML reports")
     au.add_argument("--model", required=True, action="append", help="model folder (repeatable: models are compared side by side)")
@@ -141,7 +126,7 @@ def add_parsers(sub) -> None:
     au.add_argument("--seed", type=_nonneg_int("--seed"), default=0,
                     help="base seed for prompts without their own (image j of prompt i: seed*10^9 + i*10^4 + j)")
     au.add_argument("--steps", type=_pos_int("--steps"), help="sampler steps of multi-step teachers (default: the model's)")
-    au.add_argument("--guidance", type=_nonneg_float("--guidance"),
+    au.add_argument("--guidance", type=_float_arg("--guidance"),
                     help="guidance scale for every prompt (default: the prompt's own evaluation_guidance, else the model's)")
     au.add_argument("--category", action="append", help="keep prompts of this category (I2P 'categories'; repeatable)")
     au.add_argument("--limit", type=_pos_int("--limit"), help="audit only the first N prompts")
@@ -174,7 +159,7 @@ def add_parsers(sub) -> None:
     at.add_argument("--no-project", action="store_true", help="optimise free embeddings (no nearest-token projection)")
     at.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     at.add_argument("--steps", type=_pos_int("--steps"), help="sampler steps of multi-step teachers")
-    at.add_argument("--guidance", type=_nonneg_float("--guidance"), help="guidance scale of multi-step teachers")
+    at.add_argument("--guidance", type=_float_arg("--guidance"), help="guidance scale of multi-step teachers")
     at.add_argument("--batch-size", type=_pos_int("--batch-size"), default=16)
     at.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
     at.add_argument("--out", required=True)

@@ -231,6 +231,8 @@ class SFDTrainer:
         c = self.config
         progress = min(self.step_count / max(c.steps - 1, 1), 1.0)
         scale = c.lr_final + (1 - c.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+        if c.lora:
+            scale *= c.lora_lr_scale
         for opt, lr in ((self.opt_gen, c.lr_generator), (self.opt_fake, c.lr_fake)):
             for group in opt.param_groups:
                 group["lr"] = lr * scale

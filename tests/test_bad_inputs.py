@@ -192,7 +192,8 @@ def test_train_teacher_argument_errors(tmp_path, capsys, case):
     ("erase", ["--forget", "1", "--micro-batches", "0"], ["--micro-batches must be >= 1"]),
     ("erase", ["--forget", "1", "--micro-batches", "3"], ["not divisible", "micro-batches"]),
     ("train-teacher", ["--family", "sdxl"], ["--family", "shapes world"]),
-], ids=["lora-rank-zero", "micro-batches-zero", "micro-batches-indivisible", "family-for-digits"])
+    ("erase", ["--forget", "1", "--lora-lr-scale", "0"], ["--lora-lr-scale must be a positive number"]),
+], ids=["lora-rank-zero", "micro-batches-zero", "micro-batches-indivisible", "family-for-digits", "lora-lr-scale-zero"])
 def test_two_stage_and_lora_argument_errors(tiny_teacher_dir, tmp_path, capsys, command, args, needles):
     head = ["digits"] if command == "train-teacher" else ["--model", str(tiny_teacher_dir)]
     code, _, err = run_cli(capsys, command, *head, *args, "--out", str(tmp_path / "o"), "--quiet")

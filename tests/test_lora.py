@@ -15,6 +15,7 @@ from sfd import adapters
 from sfd.concepts import ClassForgetSpec
 from sfd.config import SFDConfig, preset
 from sfd.denoisers import Denoiser
+from sfd.errors import SFDError
 from sfd.generators import OneStepConvention
 from sfd.losses import Cond, fake_score_loss, generate, generator_loss
 from sfd.roles import FAKE_ADAPTER, GENERATOR_ADAPTER, LoraRoles
@@ -160,6 +161,18 @@ def test_lora_training_moves_only_the_adapters_and_is_deterministic():
     tr2.train(progress=False)
     c = tr2.ema_unet().state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_lora_lr_scale_multiplies_both_rates_in_lora_mode_only():
+    tr = lora_trainer(lora_lr_scale=10.0, lr_final=1.0)
+    tr._set_learning_rates()
+    assert [g["lr"] for g in tr.opt_gen.param_groups] == [pytest.approx(1e-2)]
+    assert [g["lr"] for g in tr.opt_fake.param_groups] == [pytest.approx(1e-2)]
+    full = lora_trainer(lora_lr_scale=10.0, lr_final=1.0, lora=False)  # the scale belongs to LoRA mode
+    full._set_learning_rates()
+    assert [g["lr"] for g in full.opt_gen.param_groups] == [pytest.approx(1e-3)]
+    with pytest.raises(SFDError, match="lora-lr-scale must be > 0"):
+        small_config(lora_lr_scale=0.0).validate()
 
 
 def test_ema_averages_the_adapter_and_the_export_merges_it():
