@@ -138,7 +138,7 @@ def resume(work: Path, n: int, kill_after: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["throughput", "memory", "resume"])
-    ap.add_argument("--images", type=int, default=240, help="throughput: prompts (1 image each) of the 20-step teacher")
+    ap.add_argument("--images", type=int, default=1000, help="throughput: prompts (1 image each) of the 20-step teacher")
     ap.add_argument("--sizes", default="500,5000", help="memory: prompt counts")
     ap.add_argument("--kill-after", type=float, default=25.0, help="resume: seconds before the SIGKILL")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/audit_scale.json"))

@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--curve", action="store_true", help="only the trade-off plot (seed 0): single- vs two-stage budgets")
     ap.add_argument("--curve-class", type=int, default=6)
     ap.add_argument("--base", help="--curve: a stage-1 base to erase from (default: distil one in this run)")
+    ap.add_argument("--stage1-seconds", type=float, help="--curve with --base: the base's stage-1 time to plot (default: its record)")
     ap.add_argument("--json", default="benchmarks/results/two_stage_digits.json")
     ap.add_argument("--png", default="benchmarks/results/two_stage_tradeoff.png")
     ap.add_argument("--merge", nargs="+", metavar="RUN_JSON", help="only join these reports (disjoint seeds) into --json")
@@ -161,8 +162,8 @@ def main() -> None:
         base, stage1_seconds = (Path(a.base), float("nan")) if a.base else (work / "base", None)
         if stage1_seconds is None:
             stage1_seconds = run_sfd(str(teacher_dir), str(base), preset("class", "distill"), progress=False, save_dtype="fp16")["erase_seconds"]
-        else:
-            stage1_seconds = json.loads((base / "sfd_config.json").read_text())["erase_seconds"]
+        else:  # the base's own record, unless the stage-1 time of a run on a quiet machine is given
+            stage1_seconds = a.stage1_seconds or json.loads((base / "sfd_config.json").read_text())["erase_seconds"]
         result = curve(teacher_dir, judge, x, y, a.curve_class, base, work, [40, 80, 120, 240, 360], [20, 40, 60, 90, 120],
                        t_teacher, stage1_seconds, Path(a.png))
         report = {"teacher_train_seconds": t_teacher, "teacher_time_source": note, "stage1_seconds": stage1_seconds, "curve": result,
