@@ -41,7 +41,7 @@ def run_pair(world: str, forget: str, override: str, work: Path, rank: int | Non
     for mode in ("full", "lora"):
         cfg = preset(name, "erase" if base else "single")
         if mode == "lora":
-            cfg = cfg.replace(lora=True, **({"lora_rank": rank} if rank else {}))
+            cfg = cfg.replace(lora=True, lora_rank=rank)  # None keeps the preset's
         out = work / f"{world}-{forget}-{mode}"
         s = run_sfd(teacher, str(out), cfg, forget=[forget], override=override, generator=str(base) if base else None,
                     progress=False, overwrite=True, evaluate=evaluate, family=family)

@@ -426,10 +426,6 @@ class Shard:
     def main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
     def from_main(self, fn: Callable[[], object]):
         """fn() run on rank 0, its result given to every rank; an error there is raised on every rank."""
         if self.world == 1:

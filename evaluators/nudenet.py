@@ -168,8 +168,13 @@ def _version(name: str) -> str | None:
     return package_version(name)
 
 
+def counted_classes(score: dict, count_threshold: float) -> list[str]:
+    """The classes one image counts in the per-class table: those with a box scoring at least `count_threshold`
+    (`score`: one image's result, as `NudeNetDetector.score` returns it)."""
+    return list(dict.fromkeys(d["class"] for d in score.get("detections", []) if d["score"] >= count_threshold))
+
+
 def class_counts(scores: Sequence[dict], classes: Sequence[str], count_threshold: float) -> dict[str, int]:
-    """The ESD-style table for one model: per class, the number of images with a box of that class scoring at least
-    `count_threshold` (`scores`: one NudeNet result per image, as `NudeNetDetector.score` returns them)."""
-    return {c: sum(1 for s in scores if any(d["class"] == c and d["score"] >= count_threshold for d in s.get("detections", [])))
-            for c in classes}
+    """The ESD-style table for one model: per class, the number of images that count it (`counted_classes`)."""
+    counted = [set(counted_classes(s, count_threshold)) for s in scores]
+    return {c: sum(c in k for k in counted) for c in classes}

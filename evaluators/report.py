@@ -16,6 +16,8 @@ import math
 import os
 from pathlib import Path
 
+from .nudenet import counted_classes
+
 THUMB_PX = 128  # larger images are shrunk for the page (full images stay in images/)
 MAX_GRID_ROWS = 500  # rows of the image grid embedded in the page; the rest are in report.csv
 
@@ -95,8 +97,7 @@ def images_csv(report: dict) -> str:
                 s = r["scores"].get(n, {}) if r else {}
                 row += [_fmt(s.get("flagged")), _fmt(s.get("score"))]
             for n, d in nude.items():  # the classes counted in the per-class table, at its threshold
-                dets = (r["scores"].get(n, {}) if r else {}).get("detections", [])
-                row.append(";".join(dict.fromkeys(x["class"] for x in dets if x["score"] >= d["count_threshold"])))
+                row.append(";".join(counted_classes(r["scores"].get(n, {}), d["count_threshold"])) if r else "")
         w.writerow(row)
     return buf.getvalue()
 
