@@ -42,7 +42,7 @@ def evaluate_digits_model(pipe, forget: tuple[int, ...], judge_path: Path, n_per
 def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, progress: bool, teacher_cache: dict | None = None) -> dict:
     """The erased model's shapes-world metrics beside the teacher's (same prompts and seeds); `teacher_cache` keeps
     the teacher's metrics between calls (a benchmark erasing several concepts samples the teacher once per concept)."""
-    from sfd.families import load_model
+    from sfd.families import family_of_pipeline, load_model
     from sfd.models import world_meta
 
     from .shapes_eval import compare_to_teacher, erasure_metrics
@@ -56,7 +56,10 @@ def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, 
         if teacher_cache is not None:
             teacher_cache[key] = before
     before = teacher_cache[key] if teacher_cache is not None else before
-    after = erasure_metrics(erased, concepts, seed=seed, progress=progress)
+    e_family = family_of_pipeline(type(erased).__name__)  # a multi-step erased teacher (ESD, UCE) samples as its world says
+    e_steps, e_guidance = e_family.sampler_defaults(erased, world_meta(teacher_path))
+    e_kw = {k: v for k, v in (("num_inference_steps", e_steps), ("guidance_scale", e_guidance)) if v is not None}
+    after = erasure_metrics(erased, concepts, seed=seed, progress=progress, **e_kw)
     return {**{k: v for k, v in after.items() if isinstance(v, float)}, **compare_to_teacher(after, before),
             "teacher": {k: v for k, v in before.items() if isinstance(v, float)}}
 

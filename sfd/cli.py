@@ -135,9 +135,44 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
 
 
 def cmd_erase(a) -> int:
+    if a.method != "sfd":
+        return _run_baseline(a)
     summary = _run(a, a.forget, a.override, a.generator, "erase")
     if summary:  # empty on the non-main processes of a multi-process run
         print(summary_line(summary, a.out))
+    return 0
+
+
+def _run_baseline(a) -> int:
+    """`sfd erase --method esd-x|esd-u|uce`: a baseline edit of the teacher itself (sfd/baselines)."""
+    from dataclasses import replace
+
+    from evaluators.world_metrics import world_evaluator
+
+    from .baselines import default_settings, run_baseline
+    from .families import family_for
+
+    sfd_only = [f for f, on in (("--generator", a.generator), ("--single-stage", a.single_stage), ("--resume", a.resume),
+                                ("--lora", a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale), ("--preset", a.preset),
+                                ("--micro-batches", a.micro_batches), ("--checkpoint-every", a.checkpoint_every),
+                                ("--negative-prompt", a.negative_prompt)) if on]
+    if sfd_only:
+        raise SFDError(f"{sfd_only[0]} applies to --method sfd, not {a.method}")
+    if a.method == "uce" and a.steps is not None:
+        raise SFDError("--steps does not apply to --method uce (a closed-form edit)")
+    family = family_for(a.model)
+    settings = default_settings(a.method, family, a.model)
+    if a.method != "uce":
+        settings = replace(settings, seed=a.seed, **({"steps": a.steps} if a.steps else {}))
+    device = _device(a.device)
+    evaluate = world_evaluator(family, a.model, seed=a.seed, device=device, progress=not a.quiet)
+    s = run_baseline(a.method, a.model, a.out, a.forget, a.override, settings, retain_prompts=_retain_prompts(a.retain_prompts),
+                     overwrite=a.overwrite, device=device, progress=not a.quiet, allow_pickle=a.allow_pickle, evaluate=evaluate)
+    line = f"erased {', '.join(s['concepts']['forget'])} with {a.method} -> {a.out} in {s['erase_seconds']:.0f} s"
+    m = s["metrics"] or {}
+    if m:
+        line += "; " + ", ".join(f"{k} {v:.3g}" for k, v in m.items() if isinstance(v, float))
+    print(line)
     return 0
 
 
@@ -405,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="erase from the teacher alone, distilling and forgetting in one run (no one-step base)")
     e.add_argument("--retain-prompts", help="text models: file of retain prompts (.txt/.csv/.jsonl; default: built-in list)")
     e.add_argument("--negative-prompt", help="text models: replaces the unconditional branch of guidance")
+    e.add_argument("--method", choices=["sfd", "esd-x", "esd-u", "uce"], default="sfd",
+                   help="sfd (default): a one-step erased model; esd-x, esd-u, uce: the baselines, which edit the multi-step "
+                        "teacher itself (--steps: ESD iterations)")
     e.set_defaults(func=cmd_erase)
 
     di = sub.add_parser("distill", help="distil a teacher into a one-step base (SFD stage 1, no forgetting); erase from it later")

@@ -194,3 +194,28 @@ def preset(name: str, stage: str = "single") -> SFDConfig:
         return STAGE_PRESETS[stage][name]
     except KeyError:
         raise SFDError(f"no preset {name!r} for stage {stage!r}; presets: {', '.join(PRESETS)}") from None
+
+
+# ------------------------------------------------------------------------------------------ baselines
+# `sfd erase --method esd-x|esd-u|uce` (sfd/baselines). Outside the worlds: the papers' settings (ESD: 1,000
+# iterations of Adam at 1e-5, batch 1, eta 1, x_t from 50 DDIM steps at guidance 3; UCE: the closed form with
+# equal erase/preserve scales). The shapes world's teacher was trained at lr 1e-3 for 2,000 steps of batch 64,
+# so ESD's 1e-5 moves it too little in 1,000 iterations (world_baseline_presets).
+def baseline_preset(method: str, world: str | None = None):
+    from .baselines.esd import ESDConfig
+    from .baselines.uce import UCEConfig
+
+    default = UCEConfig() if method == "uce" else ESDConfig()
+    return world_baseline_presets().get((world, method), default)
+
+
+def world_baseline_presets() -> dict:
+    from .baselines.esd import ESDConfig
+    from .baselines.uce import UCEConfig
+
+    # The shapes world: the sampler is the world's (20 steps, guidance 5); lr x30 and a fifth of the iterations
+    # (batch 4 instead of 1). Erasing red: lr 1e-4 left it at 100%; 1e-3 erased it but took retained shape
+    # detection to 0.08x (ESD-x) and 0.20x (ESD-u).
+    esd = ESDConfig(steps=200, lr=3e-4, batch_size=4, sampler_steps=20, start_guidance=5.0)
+    return {("shapes", "esd-x"): esd, ("shapes", "esd-u"): esd, ("shapes", "uce"): UCEConfig()}
+

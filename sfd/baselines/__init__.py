@@ -1,0 +1,122 @@
+"""The erasure baselines users know, in the same toolkit and measured the same way: `sfd erase --method esd-x|esd-u|uce`.
+
+They edit the multi-step teacher itself (no distillation), so their outputs are folders of the teacher's own
+pipeline class (e.g. a `StableDiffusionPipeline`) that `sfd sample`, `audit`, `attack` and `demo` load like any
+model; the world's sampler settings (`sfd_world.json`) travel with them. Written against `sfd.families`, for any
+text-to-image family whose network reads the prompt through cross-attention (SD 1.x/2.x, SDXL).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import SFDError
+
+METHODS = ("sfd", "esd-x", "esd-u", "uce")
+BASELINES = METHODS[1:]
+REFERENCES = {
+    "esd-x": "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (ESD-x: cross-attention fine-tuned)",
+    "esd-u": "Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023 (ESD-u: non-cross-attention fine-tuned)",
+    "uce": "Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024 (closed-form key/value edit)",
+}
+
+
+def _prompts(family, pipe, model: str, forget: Sequence[str], override: str | None, retain_prompts: Sequence[str] | None):
+    """(forget prompts, override prompts, preserved prompts) as SFD's erase builds them."""
+    from ..concepts import TextForgetSpec
+    from ..models import world_meta
+    from ..prompts import RETAIN_PROMPTS
+    from ..worlds import world_prompts
+
+    captions = world_prompts(world_meta(model) if Path(model).is_dir() else {})
+    retain = list(retain_prompts or captions or RETAIN_PROMPTS)
+    spec = TextForgetSpec.build(list(forget), override, retain, candidates=captions)
+    return [p for p, _ in spec.pairs], [o for _, o in spec.pairs], list(spec.retain_prompts), spec
+
+
+def _encode(family, pipe, prompts: list[str]) -> dict:
+    out = family.encode(pipe, prompts)
+    return out if isinstance(out, dict) else {"encoder_hidden_states": out}
+
+
+def run_baseline(method: str, model: str, out: str, forget: Sequence[str], override: str | None, settings=None,
+                 retain_prompts: Sequence[str] | None = None, overwrite: bool = False, device: str = "cpu",
+                 progress: bool = True, allow_pickle: bool = False, evaluate=None) -> dict:
+    """Erase `forget` from the teacher at `model` with a baseline; writes a teacher-class pipeline folder to `out`.
+
+    `settings`: an `ESDConfig` (esd-x, esd-u) or `UCEConfig` (uce); None for the defaults of the model's preset."""
+    from ..families import family_for
+    from ..models import quiet_diffusers
+    from ..outputs import check_output_dir, staged_dir
+    from .esd import ESDConfig, train_esd
+    from .uce import UCEConfig, apply_uce
+
+    if method not in BASELINES:
+        raise SFDError(f"unknown baseline {method!r}; expected one of {', '.join(BASELINES)}")
+    out_path = check_output_dir(out, overwrite)
+    t0 = time.perf_counter()
+    family = family_for(model)
+    if family.condition_kind != "text":
+        raise SFDError(f"--method {method} erases text concepts; {model} is a {family.description} model (use --method sfd)")
+    pipe = family.load(model, device, allow_pickle=allow_pickle)
+    if family.is_one_step(pipe):
+        raise SFDError(f"--method {method} edits a multi-step teacher; {model} is a one-step generator")
+    if override is None or str(override).strip().lower() == "random":
+        raise SFDError(f"--method {method} needs an --override text: the concept the erased prompts are guided to"
+                       + (" (UCE's guide concept)" if method == "uce" else " (recorded; ESD itself guides away from the concept)"))
+    forget_prompts, override_prompts, preserve, spec = _prompts(family, pipe, model, forget, override, retain_prompts)
+    settings = settings or default_settings(method, family, model)
+    denoiser = family.teacher_denoiser(pipe)
+    shape = family.latent_shape(pipe)
+    if method == "uce":
+        if not isinstance(settings, UCEConfig):
+            raise SFDError("--method uce takes UCE settings")
+        record = apply_uce(denoiser, _encode(family, pipe, forget_prompts), _encode(family, pipe, override_prompts),
+                           _encode(family, pipe, preserve), shape, settings, device)
+    else:
+        if not isinstance(settings, ESDConfig):
+            raise SFDError(f"--method {method} takes ESD settings")
+        record = train_esd(denoiser, _encode(family, pipe, forget_prompts), _encode(family, pipe, [""]), shape,
+                           method.split("-")[1], settings, device, progress)
+    seconds = time.perf_counter() - t0
+    concepts = spec.describe()
+    metrics = evaluate(pipe, concepts) if evaluate is not None else None
+    summary = {"stage": f"baseline-{method}", "method": method, "reference": REFERENCES[method], "family": family.name,
+               "base_model": str(model), "concepts": concepts, "settings": settings.describe(), "edit": record,
+               "erase_seconds": seconds, "metrics": metrics}
+    with staged_dir(out_path) as tmp:
+        with quiet_diffusers():
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        world = Path(model) / "sfd_world.json"
+        if world.is_file():  # the world's sampler settings and prompts: the erased teacher is sampled like its original
+            shutil.copy(world, tmp / "sfd_world.json")
+        (tmp / "sfd_config.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "README.md").write_text(_card(summary, family))
+    return summary
+
+
+def default_settings(method: str, family, model: str):
+    """The model's preset for the baseline (sfd/config.py BASELINE_PRESETS): the paper's settings outside the worlds."""
+    from ..config import baseline_preset
+    from ..models import world_meta
+
+    meta = world_meta(model) if Path(model).is_dir() else {}
+    return baseline_preset(method, meta.get("world"))
+
+
+def _card(summary: dict, family) -> str:
+    c = summary["concepts"]
+    lines = [f"# {', '.join(c['forget'])} erased with {summary['method'].upper()} (baseline)", "",
+             f"{summary['reference']}, applied by `sfd erase --method {summary['method']}` to `{summary['base_model']}` "
+             f"({family.description}). A multi-step {family.teacher_pipeline}: sample it like the original model.", "",
+             "| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {json.dumps(v)} |" for k, v in summary["settings"].items() if k != "paper"]
+    lines += [f"| paper's settings | {json.dumps(summary['settings'].get('paper'))} |",
+              f"| erase seconds | {summary['erase_seconds']:.1f} |", ""]
+    if summary.get("metrics"):
+        lines += ["## Metrics", "", "```json", json.dumps(summary["metrics"], indent=2), "```", ""]
+    return "\n".join(lines)

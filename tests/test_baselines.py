@@ -1,0 +1,70 @@
+"""ESD and UCE baselines (`sfd erase --method esd-x|esd-u|uce`): the closed form, outputs that reload and sample, bad inputs."""
+
+import json
+
+import torch
+
+from sfd.baselines.esd import esd_parameters
+from sfd.baselines.uce import UCEConfig, edit_weight
+from test_cli_class import assert_one_line_error, run_cli
+
+
+def test_uce_closed_form_maps_forget_inputs_to_guide_outputs_and_keeps_preserved_ones():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 8, generator=g)
+    basis = torch.linalg.qr(torch.randn(8, 8, generator=g))[0]
+    forget, preserve = basis[:, :2].T, basis[:, 2:6].T  # orthogonal subspaces: both constraints can hold exactly
+    guide = torch.randn(2, 8, generator=g)
+    new = edit_weight(w, forget, guide, preserve, UCEConfig(lamb=1e-6)).float()
+    assert torch.allclose(forget @ new.T, guide @ w.T, atol=1e-3)  # W' c_i = W c'_i
+    assert torch.allclose(preserve @ new.T, preserve @ w.T, atol=1e-3)  # W' c_j = W c_j
+    assert not torch.allclose(new, w, atol=1e-2)
+
+
+def test_esd_x_trains_cross_attention_and_esd_u_the_rest(tiny_sd_dir):
+    from sfd.families import load_model
+
+    _, pipe = load_model(str(tiny_sd_dir))
+    x = {id(p) for p in esd_parameters(pipe.unet, "x")}
+    u = {id(p) for p in esd_parameters(pipe.unet, "u")}
+    names = {id(p): n for n, p in pipe.unet.named_parameters()}
+    assert x and u and not x & u and len(x | u) == len(names)
+    assert all("attn2" in names[i] for i in x) and not any("attn2" in names[i] for i in u)
+
+
+def test_esd_and_uce_outputs_reload_and_sample(tiny_sd_dir, tmp_path, capsys):
+    from sfd.families import load_model
+
+    before = load_model(str(tiny_sd_dir))[1].unet.state_dict()
+    for method, extra in (("uce", []), ("esd-x", ["--steps", "2"]), ("esd-u", ["--steps", "2"])):
+        out = tmp_path / method
+        code, stdout, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--out", str(out), "--forget", "cat",
+                                    "--override", "dog", "--method", method, "--quiet", *extra)
+        assert code == 0, err
+        assert f"with {method}" in stdout
+        summary = json.loads((out / "sfd_config.json").read_text())
+        assert summary["method"] == method and summary["concepts"]["forget"] == ["cat"]
+        family, pipe = load_model(str(out))
+        assert type(pipe).__name__ == "StableDiffusionPipeline" and not family.is_one_step(pipe)
+        changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])]
+        assert changed, method
+        if method == "esd-x":
+            assert all("attn2" in k for k in changed)
+        images = family.sample(pipe, ["a photo of a cat", "a dog"], [torch.Generator().manual_seed(i) for i in range(2)], steps=2,
+                               guidance=3.0)
+        assert images.shape[0] == 2 and torch.isfinite(images).all()
+        assert (out / "README.md").read_text().startswith("# cat erased with")
+
+
+def test_baseline_bad_inputs_give_one_line(tiny_sd_dir, tiny_teacher_dir, tmp_path, capsys):
+    base = ["erase", "--model", str(tiny_sd_dir), "--out", str(tmp_path / "x"), "--forget", "cat", "--override", "dog"]
+    code, _, err = run_cli(capsys, *base, "--method", "uce", "--steps", "3")
+    assert_one_line_error(code, err, "--steps does not apply to --method uce")
+    code, _, err = run_cli(capsys, *base, "--method", "esd-x", "--lora")
+    assert_one_line_error(code, err, "--lora applies to --method sfd")
+    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--out", str(tmp_path / "y"), "--forget", "cat",
+                           "--method", "uce")
+    assert_one_line_error(code, err, "needs an --override")
+    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_teacher_dir), "--out", str(tmp_path / "z"), "--forget", "1",
+                           "--override", "2", "--method", "esd-u")
+    assert_one_line_error(code, err, "erases text concepts")

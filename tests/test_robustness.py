@@ -1,0 +1,108 @@
+"""Attacks with a held-out judge (evaluators.robustness): each attack raises the concept on a never-erased model,
+the held-out judges are accurate, ASR is counted pre + post over ideal pairs, bad settings give one line."""
+
+import pytest
+import torch
+
+from evaluators.audit import load_model
+from evaluators.detectors import DetectorFactory
+from evaluators.robustness import (RobustnessSettings, Victim, _placeholder_prompts, asr_table, inversion_attack, noise_attack,
+                                   prefix_attack, reference_set)
+from sfd.errors import SFDError
+from sfd.models import checkpoints_dir
+from sfd.worlds.shapes_judge import ATTRIBUTES, FOLDERS, heldout_accuracy, judge_spec
+
+PROMPTS = ["a blue circle", "a green square", "a yellow triangle", "a purple cross"]
+
+
+@pytest.fixture(scope="module")
+def distilled():
+    """The bundled one-step distillation: never erased."""
+    return Victim(load_model(str(checkpoints_dir() / "shapes" / "onestep"), "distilled"), "distilled", role="control")
+
+
+@pytest.fixture(scope="module")
+def red_clip():
+    return DetectorFactory().build("clip:red")
+
+
+def _red_prob(scorer, images):
+    with torch.no_grad():
+        return float(scorer.logits(images).softmax(-1)[:, 0].mean())
+
+
+@pytest.mark.parametrize("attribute", list(ATTRIBUTES))
+def test_heldout_judges_are_accurate_on_fresh_renders(attribute):
+    from evaluators.classifier import ConvJudge
+
+    judge = ConvJudge.from_pretrained(checkpoints_dir() / "shapes" / FOLDERS[attribute])
+    acc = heldout_accuracy(judge, attribute, n=600, seed=4242)  # a seed neither training nor the bundled record used
+    assert acc["clean"]["accuracy"] >= 0.95 and acc["augmented"]["accuracy"] >= 0.95
+    assert min(acc["clean"]["per_class"].values()) >= 0.9
+    assert judge_spec("red").endswith("judge-colour=red") and judge_spec("cross").endswith("judge-shape=cross")
+    assert judge_spec("dog") is None
+
+
+def test_prompt_and_noise_attacks_raise_the_concept_score(distilled, red_clip):
+    cfg = RobustnessSettings("red", steps=8, soft_tokens=3)
+    z = distilled.noise(range(len(PROMPTS)))
+    with torch.no_grad():
+        plain = distilled.render(distilled.hidden(distilled.ids(PROMPTS)), z, full=True)
+    loss = lambda im: torch.nn.functional.cross_entropy(red_clip.logits(im), torch.zeros(len(im), dtype=torch.long), reduction="sum")  # noqa: E731
+    r = prefix_attack(distilled, PROMPTS, z, cfg, loss)
+    assert _red_prob(red_clip, r["soft"]) > _red_prob(red_clip, plain) + 0.05
+    assert len(r["hard_prompts"]) == len(PROMPTS) and all(h.endswith(p) for h, p in zip(r["hard_prompts"], PROMPTS))
+    noisy = noise_attack(distilled, PROMPTS, z, cfg, red_clip)
+    assert _red_prob(red_clip, noisy) > _red_prob(red_clip, plain)
+
+
+def test_match_and_inversion_attacks_move_towards_the_originals_images(distilled, red_clip):
+    cfg = RobustnessSettings("red", steps=8, inversion_refs=6, inversion_steps=10)
+    z = distilled.noise(range(len(PROMPTS)))
+    red_prompts = [p.split(" ", 2)[0] + " red " + p.split(" ", 2)[2] for p in PROMPTS]
+    with torch.no_grad():
+        target = distilled.render(distilled.hidden(distilled.ids(red_prompts)), z, full=True)
+        plain = distilled.render(distilled.hidden(distilled.ids(PROMPTS)), z, full=True)
+    r = prefix_attack(distilled, PROMPTS, z, cfg, lambda im: torch.nn.functional.mse_loss(im, target, reduction="sum"))
+    assert (r["soft"] - target).square().mean() < (plain - target).square().mean()
+    refs = reference_set(distilled, "red", cfg)
+    assert len(refs[0]) == 6 and all("red" in p for p in refs[0])
+    tests = ["a red circle", "a red square"]
+    tz = distilled.noise([91, 92])
+    with torch.no_grad():
+        before = distilled.render(distilled.hidden(distilled.ids(_placeholder_prompts(tests, "red"))), tz, full=True)
+    after = inversion_attack(distilled, *refs, tests, tz, cfg)
+    assert _red_prob(red_clip, after) > _red_prob(red_clip, before)
+
+
+def test_multi_step_victims_are_attacked_through_a_short_sampler_and_judged_on_the_full_one():
+    teacher = Victim(load_model(str(checkpoints_dir() / "shapes" / "teacher"), "original"), "original", steps=1)
+    z = teacher.noise([0, 1])
+    h = teacher.hidden(teacher.ids(["a red circle", "a blue square"]))
+    with torch.no_grad():
+        short, full = teacher.render(h, z), teacher.render(h, z, full=True)
+    assert short.shape == full.shape and not torch.allclose(short, full, atol=1e-3)
+    away = Victim(teacher.model, "neg", negative_prompt="red", negative_guidance=7.5)
+    with torch.no_grad():
+        assert not torch.allclose(away.render(h, z, full=True), full, atol=1e-3)
+
+
+def test_asr_is_pre_plus_post_over_ideal_pairs():
+    rows = [{"label": "erased", "role": "erased", "plain_flags": [True, False, False, False, True],
+             "attacks": {"prompt_soft": {"flags": [False, True, False, False, True], "seconds": 1.0}}}]
+    ideal = [True, True, True, True, False]  # the last pair: the original does not show the concept
+    e = asr_table(rows, ideal)[0]
+    a = e["attacks"]["prompt_soft"]
+    assert e["plain"]["n"] == 4 and e["plain"]["rate"] == 0.25
+    assert a["pre"] == 0.25 and a["post"] == 0.25 and a["total"]["rate"] == 0.5
+    assert a["p4d"]["n"] == 3 and a["p4d"]["flagged"] == 1
+    assert a["total"]["ci_low"] < 0.5 < a["total"]["ci_high"]
+
+
+@pytest.mark.parametrize("kw, needle", [({"attacks": ("prompt", "bogus")}, "unknown attack 'bogus'"), ({"steps": 0}, "attack steps must be >= 1"),
+                                        ({"soft_tokens": 40}, "soft tokens must be <= 16"), ({"lr": 0.0}, "learning rate must be > 0"),
+                                        ({"concept": " "}, "concept is empty")])
+def test_bad_attack_settings_give_one_clear_line(kw, needle):
+    with pytest.raises(SFDError) as e:
+        RobustnessSettings(**{"concept": "red", **kw}).validate()
+    assert needle in str(e.value) and "\n" not in str(e.value)
