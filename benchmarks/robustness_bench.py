@@ -140,7 +140,7 @@ def main() -> None:
             results.append(attack_victim(v, pairs, targets, refs, scorer, judge, cfg))
             fk = fid_kid(retained_images(v) if v is not original else original_retained, original_retained, clip_features,
                          kid_subset_size=len(retained))
-            extra.setdefault(v.label, {}).update({"fid": fk.get("fid"), "kid": fk.get("kid_mean"),
+            extra.setdefault(v.label, {}).update({"fid": fk.get("fid"), "kid": fk.get("kid"),
                                                   "sampling_seconds_per_image": results[-1]["sampling_seconds_per_image"]})
         ideal = results[0]["plain_flags"] if rows[0] == "original" else [True] * len(pairs)
         report = {"concept": concept, "n_pairs": len(pairs), "n_ideal": int(sum(ideal)), "judge": judge.name, "scorer": scorer.name,

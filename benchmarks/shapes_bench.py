@@ -5,6 +5,8 @@
   python benchmarks/shapes_bench.py --concepts all          # every colour and every shape, one run each
   python benchmarks/shapes_bench.py --concepts green:yellow # forget:override pairs
   python benchmarks/shapes_bench.py --keep runs/bench        # keep the erased models (runs/bench/no-red, ...)
+  python benchmarks/shapes_bench.py --teacher runs/shapes-sdxl/teacher --stages two --generator runs/shapes-sdxl/onestep
+                                                            # another teacher of the world (here SDXL-structured)
 Prints, per run: erase wall time, forget rate (teacher -> erased), retained colour/shape detection and CLIP score as
 ratios to the teacher, and the one-step vs teacher sampling throughput at equal batch. JSON to --json.
 """
@@ -23,7 +25,7 @@ from evaluators.world_metrics import world_evaluator
 from sfd.config import preset
 from sfd.erase import default_base, run_sfd
 from sfd.families import family_for
-from sfd.models import checkpoints_dir, load_text_pipeline
+from sfd.models import checkpoints_dir
 from sfd.worlds import shapes
 
 
@@ -55,8 +57,10 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="write the erased models into DIR/no-CONCEPT (default: a temporary folder)")
     ap.add_argument("--stages", default="single", help="single, two or single,two (two: stage 2 from --generator)")
     ap.add_argument("--generator", help="one-step base of the two-stage runs (default: the bundled checkpoints/shapes/onestep)")
+    ap.add_argument("--teacher", metavar="DIR", help="the shapes teacher to erase from and compare to (default: the bundled "
+                    "checkpoints/shapes/teacher)")
     a = ap.parse_args()
-    teacher_dir = checkpoints_dir() / "shapes" / "teacher"
+    teacher_dir = Path(a.teacher) if a.teacher else checkpoints_dir() / "shapes" / "teacher"
     items = list(shapes.COLOURS + shapes.SHAPES) if a.concepts == "all" else a.concepts.split(",")
     pairs = [tuple(i.split(":", 1)) if ":" in i else (i, default_override(i)) for i in items]
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-shapes-bench-"))
@@ -79,10 +83,10 @@ def main() -> None:
               f"{m['teacher']['forget_rate']:.1%} -> {m['forget_rate']:.1%} | retained colour x{m['retained_colour_rate_ratio']:.2f}, "
               f"shape x{m['retained_shape_rate_ratio']:.2f}, CLIP score x{m['retained_clip_score_ratio']:.2f}", flush=True)
     meta = json.loads((teacher_dir / "sfd_world.json").read_text())
-    teacher = load_text_pipeline(str(teacher_dir))
+    teacher = family.load(str(teacher_dir))  # the teacher's family (SD or SDXL); load_text_pipeline is SD's only
     kw = {"num_inference_steps": meta["default_num_inference_steps"], "guidance_scale": meta["default_guidance_scale"]}
     tp_teacher = throughput(teacher, a.batch, 2, **kw)
-    tp_one = throughput(load_text_pipeline(str(work / f"no-{pairs[0][0]}-{stages[0]}")), a.batch, 5)
+    tp_one = throughput(family.load(str(work / f"no-{pairs[0][0]}-{stages[0]}")), a.batch, 5)
     report = {"runs": rows, "torch_threads": torch.get_num_threads(),
               "throughput_images_per_s": {"teacher": tp_teacher, "one_step": tp_one, "batch": a.batch,
                                           "teacher_sampler": kw}, "speedup": tp_one / tp_teacher}
