@@ -42,18 +42,13 @@ NEGATIVE_GUIDANCE = 7.5
 ROWS = ("original", "negative-prompt", "distilled", "sfd-two-stage", "sfd-single-stage", "esd-x", "esd-u", "uce")
 
 
-def default_override(concept: str) -> str:
-    values = shapes.COLOURS if concept in shapes.COLOURS else shapes.SHAPES
-    return values[(values.index(concept) + 1) % len(values)]
-
-
 def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate) -> tuple[str, dict]:
     """The erased model of `row` (made, or reused from `work`), and its summary."""
     out = work / f"{row}-{concept}"
     summary_file = out / "sfd_config.json"
     if summary_file.is_file():
         return str(out), json.loads(summary_file.read_text())
-    override = default_override(concept)
+    override = shapes.next_value(concept)
     if row.startswith("sfd"):
         two = row == "sfd-two-stage"
         config = preset("shapes", "erase" if two else "single")

@@ -29,12 +29,6 @@ from sfd.models import checkpoints_dir
 from sfd.worlds import shapes
 
 
-def default_override(concept: str) -> str:
-    """The next value of the same attribute: a fixed, reproducible pairing (red -> green, circle -> square, ...)."""
-    values = shapes.COLOURS if concept in shapes.COLOURS else shapes.SHAPES
-    return values[(values.index(concept) + 1) % len(values)]
-
-
 @torch.no_grad()
 def throughput(pipe, batch: int, repeats: int, **kw) -> float:
     prompts = [shapes.caption(i % len(shapes.COLOURS), i % len(shapes.SHAPES)) for i in range(batch)]
@@ -62,7 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     teacher_dir = Path(a.teacher) if a.teacher else checkpoints_dir() / "shapes" / "teacher"
     items = list(shapes.COLOURS + shapes.SHAPES) if a.concepts == "all" else a.concepts.split(",")
-    pairs = [tuple(i.split(":", 1)) if ":" in i else (i, default_override(i)) for i in items]
+    pairs = [tuple(i.split(":", 1)) if ":" in i else (i, shapes.next_value(i)) for i in items]
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-shapes-bench-"))
     stages = a.stages.split(",")
     base = a.generator or (str(default_base(str(teacher_dir))) if "two" in stages else None)

@@ -25,24 +25,6 @@ REFERENCES = {
 }
 
 
-def _prompts(family, pipe, model: str, forget: Sequence[str], override: str | None, retain_prompts: Sequence[str] | None):
-    """(forget prompts, override prompts, preserved prompts) as SFD's erase builds them."""
-    from ..concepts import TextForgetSpec
-    from ..models import world_meta
-    from ..prompts import RETAIN_PROMPTS
-    from ..worlds import world_prompts
-
-    captions = world_prompts(world_meta(model) if Path(model).is_dir() else {})
-    retain = list(retain_prompts or captions or RETAIN_PROMPTS)
-    spec = TextForgetSpec.build(list(forget), override, retain, candidates=captions)
-    return [p for p, _ in spec.pairs], [o for _, o in spec.pairs], list(spec.retain_prompts), spec
-
-
-def _encode(family, pipe, prompts: list[str]) -> dict:
-    out = family.encode(pipe, prompts)
-    return out if isinstance(out, dict) else {"encoder_hidden_states": out}
-
-
 def run_baseline(method: str, model: str, out: str, forget: Sequence[str], override: str | None, settings=None,
                  retain_prompts: Sequence[str] | None = None, overwrite: bool = False, device: str = "cpu",
                  progress: bool = True, allow_pickle: bool = False, evaluate=None) -> dict:
@@ -68,22 +50,23 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
     if override is None or str(override).strip().lower() == "random":
         raise SFDError(f"--method {method} needs an --override text: the concept the erased prompts are guided to"
                        + (" (UCE's guide concept)" if method == "uce" else " (recorded; ESD itself guides away from the concept)"))
-    forget_prompts, override_prompts, preserve, spec = _prompts(family, pipe, model, forget, override, retain_prompts)
+    from ..models import world_meta
+
+    conds = family.conditions(pipe, list(forget), override, retain_prompts=retain_prompts,  # the prompts SFD's erase uses
+                              world_meta=world_meta(model) if Path(model).is_dir() else {}, device=device)
     settings = settings or default_settings(method, family, model)
     denoiser = family.teacher_denoiser(pipe)
     shape = family.latent_shape(pipe)
     if method == "uce":
         if not isinstance(settings, UCEConfig):
             raise SFDError("--method uce takes UCE settings")
-        record = apply_uce(denoiser, _encode(family, pipe, forget_prompts), _encode(family, pipe, override_prompts),
-                           _encode(family, pipe, preserve), shape, settings, device)
+        record = apply_uce(denoiser, conds.forget, conds.override, conds.retain, shape, settings, device)
     else:
         if not isinstance(settings, ESDConfig):
             raise SFDError(f"--method {method} takes ESD settings")
-        record = train_esd(denoiser, _encode(family, pipe, forget_prompts), _encode(family, pipe, [""]), shape,
-                           method.split("-")[1], settings, device, progress)
+        record = train_esd(denoiser, conds.forget, conds.empty, shape, method.split("-")[1], settings, device, progress)
     seconds = time.perf_counter() - t0
-    concepts = spec.describe()
+    concepts = conds.describe()
     metrics = evaluate(pipe, concepts) if evaluate is not None else None
     summary = {"stage": f"baseline-{method}", "method": method, "reference": REFERENCES[method], "family": family.name,
                "base_model": str(model), "concepts": concepts, "settings": settings.describe(), "edit": record,

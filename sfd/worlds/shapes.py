@@ -68,6 +68,13 @@ def caption(colour: str | int, shape: str | int, template: str | int = 0) -> str
     return template.format(colour=colour, shape=shape)
 
 
+def next_value(concept: str) -> str:
+    """The next colour or shape after `concept` (red -> green, circle -> square, ...): the worlds' fixed,
+    reproducible override of a benchmark's erase."""
+    values = COLOURS if concept in COLOURS else SHAPES
+    return values[(values.index(concept) + 1) % len(values)]
+
+
 def all_prompts(template: int = 0) -> list[tuple[int, int, str]]:
     """(colour id, shape id, prompt) for every colour x shape pair, in a fixed order."""
     return [(c, s, caption(c, s, template)) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
