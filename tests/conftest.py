@@ -178,3 +178,13 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
                                             max_image_seq_len=4096)
     return FluxPipeline(scheduler=sched, vae=_tiny_flow_vae(seed + 2, 4), text_encoder=clip, tokenizer=build_clip_tokenizer(),
                         text_encoder_2=_tiny_t5(32, seed + 3), tokenizer_2=build_clip_tokenizer(), transformer=transformer)
+
+
+def free_port() -> str:
+    """A TCP port nothing listens on now, for the rendezvous of a multi-process test (a fixed port can still be
+    held, e.g. in TIME_WAIT, by an earlier run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

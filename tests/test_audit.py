@@ -590,11 +590,13 @@ def _png_bytes(out: Path, rep: dict) -> dict:
 
 
 def test_two_process_audit_equals_a_one_process_audit(world, tmp_path):
+    from conftest import free_port
+
     settings = audit_settings(world, n_per_prompt=3, batch_size=2)
     one = run_audit(settings, tmp_path / "one", progress=False, log=lambda m: None)
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29523", "-m", "sfd", "audit",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(), "-m", "sfd", "audit",
            "--model", str(world["teacher"]), "--model", str(world["erased"]), "--prompts", str(world["prompts"]),
            "--detector", clip_spec(world), "--n-per-prompt", "3", "--batch-size", "2", "--seed", "3", "--steps", "2",
            "--out", str(out), "--device", "cpu", "--threads", "1", "--quiet"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_sd, tiny_class_unet
+from conftest import build_tiny_sd, tiny_class_unet, free_port
 from sfd import adapters
 from sfd.concepts import ClassForgetSpec
 from sfd.config import SFDConfig, preset
@@ -322,7 +322,7 @@ def test_lora_two_processes_match_one_process(lora_reference, tmp_path):
     teacher, ref = lora_reference
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519", "-m", "sfd", *_cmd(teacher, out)[3:]]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(), "-m", "sfd", *_cmd(teacher, out)[3:]]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     got = load_file(str(out / "sfd_adapters.safetensors"))

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import tiny_class_unet
+from conftest import tiny_class_unet, free_port
 from sfd.concepts import ClassForgetSpec
 from sfd.config import PRESETS, SFDConfig
 from sfd.denoisers import Denoiser
@@ -173,7 +173,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(module_teach
     out = tmp_path / "ddp"
     # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes on the CPU with gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
            "-m", "sfd", *erase_cmd(module_teacher, out)[3:]]
     r = subprocess.run(cmd, env={**env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
