@@ -52,6 +52,7 @@ def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, 
         family, teacher = load_model(teacher_path, device)
         steps, guidance = family.sampler_defaults(teacher, world_meta(teacher_path))
         kw = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
+        kw.update(family.sampler_kwargs(teacher))
         before = erasure_metrics(teacher, concepts, seed=seed, progress=progress, **kw)
         if teacher_cache is not None:
             teacher_cache[key] = before
@@ -59,6 +60,7 @@ def shapes_metrics(teacher_path: str, erased, concepts, seed: int, device: str, 
     e_family = family_of_pipeline(type(erased).__name__)  # a multi-step erased teacher (ESD, UCE) samples as its world says
     e_steps, e_guidance = e_family.sampler_defaults(erased, world_meta(teacher_path))
     e_kw = {k: v for k, v in (("num_inference_steps", e_steps), ("guidance_scale", e_guidance)) if v is not None}
+    e_kw.update(e_family.sampler_kwargs(erased))
     after = erasure_metrics(erased, concepts, seed=seed, progress=progress, **e_kw)
     return {**{k: v for k, v in after.items() if isinstance(v, float)}, **compare_to_teacher(after, before),
             "teacher": {k: v for k, v in before.items() if isinstance(v, float)}}

@@ -97,9 +97,11 @@ class OneStepSD3Pipeline(_OneStepFlow, StableDiffusion3Pipeline):
     """One-step SD3 / SD3.5 generator distilled by SFD; loads with `OneStepSD3Pipeline.from_pretrained`."""
 
     velocity = staticmethod(sd3_velocity)
+    # T5 may be absent (diffusers' T5-free SD3, the SD3-structured shapes world): such a folder then loads as it was saved.
+    _optional_components = [*StableDiffusion3Pipeline._optional_components, "text_encoder_3", "tokenizer_3"]
 
-    def __init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3,
-                 tokenizer_3, image_encoder=None, feature_extractor=None, t_init: int = 999, max_sequence_length: int = 256,
+    def __init__(self, transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3=None,
+                 tokenizer_3=None, image_encoder=None, feature_extractor=None, t_init: int = 999, max_sequence_length: int = 256,
                  conditioning_timestep: float | None = 999.0, input_scale: float | None = 1.0, prediction_type: str | None = None):
         super().__init__(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                          text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3,

@@ -333,7 +333,6 @@ def cmd_train_teacher(a) -> int:
 
 def _train_shapes_world(a) -> int:
     """Shapes world: tiny CLIP, VAE, then UNet + text encoder; a stopped run continues with --resume."""
-    from dataclasses import replace
 
     from .outputs import check_output_dir
     from .worlds import shapes
@@ -347,7 +346,7 @@ def _train_shapes_world(a) -> int:
             shutil.rmtree(out)
     elif (out / "teacher").exists():
         raise SFDError(f"{out} already holds a finished world (teacher/); nothing to resume")
-    tcfg = shapes.TeacherTrainConfig() if a.steps is None else replace(shapes.TeacherTrainConfig(), steps=a.steps)
+    tcfg = shapes.teacher_config(a.family, a.steps)
     reuse = a.components_from
     if reuse is None and a.family != "sd":  # another teacher structure beside the bundled world: its CLIP and VAE
         from .models import checkpoints_dir
@@ -498,10 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     t.add_argument("--overwrite", action="store_true")
     t.add_argument("--resume", action="store_true", help="shapes: continue a stopped run in --out from its last finished stage")
-    t.add_argument("--family", choices=["sd", "sdxl"], default="sd",
+    t.add_argument("--family", choices=["sd", "sdxl", "sd3"], default="sd",
                    help="shapes: the teacher's structure; sdxl trains an SDXL-structured teacher (two text encoders, pooled "
-                        "embeddings, time ids) on the CLIP and VAE of --components-from")
-    t.add_argument("--components-from", help="shapes: reuse the CLIP and VAE of this world (default for --family sdxl: "
+                        "embeddings, time ids), sd3 an SD3-structured rectified-flow transformer, on the CLIP and VAE of "
+                        "--components-from")
+    t.add_argument("--components-from", help="shapes: reuse the CLIP and VAE of this world (default for --family sdxl/sd3: "
                                              "checkpoints/shapes; 'none' trains them too)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train_teacher)

@@ -175,16 +175,24 @@ SD3_DISTILL_PRESET = SD3_PRESET.replace(steps=4000, batch_retain=256, batch_forg
 FLUX_PRESET = SD3_PRESET.replace(guidance_teacher=3.5, guidance_fake_train=3.5, guidance_fake_eval=3.5)
 FLUX_DISTILL_PRESET = SD3_DISTILL_PRESET.replace(guidance_teacher=3.5, guidance_fake_train=3.5, guidance_fake_eval=3.5)
 
-PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET, "sd3": SD3_PRESET, "flux": FLUX_PRESET}  # single stage
+# The SD3-structured shapes world (`sfd train-teacher shapes --family sd3`): the shapes presets with the flow
+# generator's convention (t_init 999: pure noise in at t = 0.999).
+SHAPES_SD3_PRESET = SHAPES_PRESET.replace(t_init=999)
+SHAPES_SD3_DISTILL_PRESET = SHAPES_DISTILL_PRESET.replace(t_init=999)
+SHAPES_SD3_STAGE2_PRESET = SHAPES_STAGE2_PRESET.replace(t_init=999)
+
+PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET, "shapes-sd3": SHAPES_SD3_PRESET, "sd3": SD3_PRESET,
+           "flux": FLUX_PRESET}  # single stage
 STAGE_PRESETS = {
     "single": PRESETS,
-    "distill": {"class": CLASS_DISTILL_PRESET, "sd": SD_DISTILL_PRESET, "shapes": SHAPES_DISTILL_PRESET, "sd3": SD3_DISTILL_PRESET,
-                "flux": FLUX_DISTILL_PRESET},
-    "erase": {"class": CLASS_STAGE2_PRESET, "sd": SD_STAGE2_PRESET, "shapes": SHAPES_STAGE2_PRESET, "sd3": SD3_PRESET, "flux": FLUX_PRESET},
+    "distill": {"class": CLASS_DISTILL_PRESET, "sd": SD_DISTILL_PRESET, "shapes": SHAPES_DISTILL_PRESET,
+                "shapes-sd3": SHAPES_SD3_DISTILL_PRESET, "sd3": SD3_DISTILL_PRESET, "flux": FLUX_DISTILL_PRESET},
+    "erase": {"class": CLASS_STAGE2_PRESET, "sd": SD_STAGE2_PRESET, "shapes": SHAPES_STAGE2_PRESET, "shapes-sd3": SHAPES_SD3_STAGE2_PRESET,
+              "sd3": SD3_PRESET, "flux": FLUX_PRESET},
 }
 # Whether a single-stage erase with the preset converges. SD's stage-2 learning rates (1e-6 / 3e-6 for 2,000
 # iterations of batch 1+1, 4,000 images) cannot distil SD from the teacher alone, where SiD-LSG's stage 1 saw 8.4M.
-SINGLE_STAGE_OK = {"class": True, "shapes": True, "sd": False, "sd3": False, "flux": False}
+SINGLE_STAGE_OK = {"class": True, "shapes": True, "shapes-sd3": True, "sd": False, "sd3": False, "flux": False}
 
 
 def preset(name: str, stage: str = "single") -> SFDConfig:

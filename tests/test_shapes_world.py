@@ -191,6 +191,54 @@ def test_training_functions_run(tokenizer):
     assert images.shape == (1, 3, 32, 32)
 
 
+def test_flow_loss_is_zero_for_the_exact_velocity():
+    """The rectified-flow objective's convention (x_t = (1 - t) x0 + t eps, v = eps - x0 at timestep 1000 t) is the
+    one FlowDenoiser inverts (x0 = x_t - t v): a network that returns (x_t - x0) / t has zero loss, and one that is
+    off by a constant does not."""
+    from types import SimpleNamespace
+
+    z0 = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def exact(hidden_states, timestep, **cond):
+        return SimpleNamespace(sample=(hidden_states - z0) / (timestep / 1000).view(-1, 1, 1, 1))
+
+    cfg = shapes.TeacherTrainConfig()
+    assert float(shapes.flow_loss(exact, z0, {}, torch.Generator().manual_seed(1), cfg)) < 1e-8
+    off = lambda **kw: SimpleNamespace(sample=exact(**kw).sample + 0.5)  # noqa: E731
+    assert float(shapes.flow_loss(off, z0, {}, torch.Generator().manual_seed(1), cfg)) == pytest.approx(0.25, rel=1e-4)
+
+
+def test_sd3_world_teacher_trains_saves_and_samples_as_trained(tokenizer, tmp_path):
+    """The SD3-structured teacher: an SD3Transformer2DModel and two CLIP encoders, no T5 (zeros at the world's short
+    max_sequence_length). Saved as a StableDiffusion3Pipeline folder, the SD3 family loads it with that length, encodes
+    prompts to the joint sequence it was trained on, and samples it as the stock pipeline does with that length."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from sfd.families import family_for
+    from sfd.worlds.tokenizer import build_clip_tokenizer
+
+    vae, _ = shapes.train_vae(shapes.VaeTrainConfig(steps=1, batch_size=2, block_out_channels=(8, 8, 8), stats_images=4), progress=False)
+    parts = shapes.TEACHER_PARTS["sd3"]
+    tok = build_clip_tokenizer(model_max_length=parts.text_length)
+    small = shapes.TeacherTrainConfig(steps=2, batch_size=4, dataset_size=8, text_width=32, text_heads=2, text_layers=1)
+    net, encoders, stats = shapes.train_teacher(vae, tok, small, progress=False, family="sd3")
+    assert type(net).__name__ == "SD3Transformer2DModel" and stats["family"] == "sd3"
+    assert net.config.joint_attention_dim == sum(e.config.hidden_size for e in encoders) == 32
+    shapes.save_teacher(parts.pipeline(vae, encoders, tok, net), tmp_path / "teacher",
+                        shapes.world_meta(2, 3.0, family="sd3", **parts.extra_meta))
+    family = family_for(str(tmp_path / "teacher"))
+    pipe = family.load(str(tmp_path / "teacher"))
+    assert family.name == "sd3" and pipe.text_encoder_3 is None
+    cond = family.encode(pipe, ["a red circle"])
+    assert cond["encoder_hidden_states"].shape[1] == parts.text_length + parts.max_sequence_length
+    assert family.sampler_kwargs(pipe) == {"max_sequence_length": parts.max_sequence_length}
+    ours = family.sample(pipe, ["a red circle"], [torch.Generator().manual_seed(3)], steps=2, guidance=3.0)
+    stock = StableDiffusion3Pipeline.from_pretrained(tmp_path / "teacher", text_encoder_3=None, tokenizer_3=None)
+    ref = stock(["a red circle"], height=32, width=32, num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                generator=torch.Generator().manual_seed(3), max_sequence_length=parts.max_sequence_length).images
+    assert ours.shape == (1, 3, 32, 32) and torch.allclose(ours, ref, atol=1e-5)
+
+
 def test_sd_schedule_puts_sigma_2_5_at_t_625():
     from sfd.schedules import DiscreteVPSchedule
 

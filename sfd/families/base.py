@@ -170,6 +170,11 @@ class ModelFamily:
         """Write the generator adapter (`state`, peft keys) in the format this family's tools load; the folder's
         sfd_adapters.safetensors already holds it for `sfd erase --lora`."""
 
+    def sampler_kwargs(self, pipe) -> dict:
+        """Extra arguments of this pipeline's own call that the folder needs to sample as it was trained (a world
+        SD3 teacher's short T5 slot); none for most."""
+        return {}
+
     def preset(self, world_meta: dict) -> str:
         """The name of the hyperparameter preset family (sfd/config.py) for this model."""
         raise NotImplementedError

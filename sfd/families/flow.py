@@ -24,6 +24,26 @@ class _FlowFamily(StableDiffusionFamily):
     def load_kwargs(self, cls) -> dict:
         return {}
 
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype=None):
+        """As SD's; a teacher whose sfd_world.json records `max_sequence_length` (a world trained with a short T5
+        slot) keeps it (as `pipe.sfd_max_sequence_length`: a teacher pipeline's config takes no new keys), so that its
+        prompts are encoded, and it is sampled, as it was trained."""
+        pipe = super().load(path, device, allow_pickle, dtype)
+        from ..models import world_meta
+
+        n = world_meta(path).get("max_sequence_length") if not self.is_one_step(pipe) else None
+        if n:
+            pipe.sfd_max_sequence_length = int(n)
+        return pipe
+
+    def sequence_length(self, pipe) -> int:
+        """The T5 sequence length prompts are encoded at: the one-step folder's, a world teacher's, else the family's."""
+        n = pipe.config.get("max_sequence_length") or getattr(pipe, "sfd_max_sequence_length", None)
+        return int(n or self.max_sequence_length)
+
+    def sampler_kwargs(self, pipe) -> dict:
+        return {} if self.is_one_step(pipe) else {"max_sequence_length": self.sequence_length(pipe)}
+
     def default_convention(self, t_init: int):
         from ..generators import OneStepConvention
 
@@ -83,13 +103,14 @@ class StableDiffusion3Family(_FlowFamily):
     def encode(self, pipe, prompts: list[str], device=None) -> dict:
         from pipelines.flow import encode_sd3
 
-        return encode_sd3(pipe, prompts, device, pipe.config.get("max_sequence_length", self.max_sequence_length))
+        return encode_sd3(pipe, prompts, device, self.sequence_length(pipe))
 
     def one_step_pipeline_from(self, teacher, network, convention):
         _, one_step_cls = self.pipeline_types()
         return one_step_cls(transformer=network, scheduler=teacher.scheduler, vae=teacher.vae, text_encoder=teacher.text_encoder,
                             tokenizer=teacher.tokenizer, text_encoder_2=teacher.text_encoder_2, tokenizer_2=teacher.tokenizer_2,
-                            text_encoder_3=teacher.text_encoder_3, tokenizer_3=teacher.tokenizer_3, **convention.config())
+                            text_encoder_3=teacher.text_encoder_3, tokenizer_3=teacher.tokenizer_3,
+                            max_sequence_length=self.sequence_length(teacher), **convention.config())
 
 
 class FluxFamily(_FlowFamily):
@@ -139,11 +160,11 @@ class FluxFamily(_FlowFamily):
     def encode(self, pipe, prompts: list[str], device=None) -> dict:
         from pipelines.flow import encode_flux
 
-        return encode_flux(pipe, prompts, device, pipe.config.get("max_sequence_length", self.max_sequence_length))
+        return encode_flux(pipe, prompts, device, self.sequence_length(pipe))
 
     def one_step_pipeline_from(self, teacher, network, convention):
         _, one_step_cls = self.pipeline_types()
         return one_step_cls(scheduler=teacher.scheduler, vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
                             text_encoder_2=teacher.text_encoder_2, tokenizer_2=teacher.tokenizer_2, transformer=network,
                             sample_size=self.latent_shape(teacher)[-1], generator_guidance=self.generator_guidance,
-                            **convention.config())
+                            max_sequence_length=self.sequence_length(teacher), **convention.config())

@@ -15,6 +15,19 @@ if TYPE_CHECKING:
 PROBE_PROMPT = "a photo of a red circle"  # compared through both text encoders when a base is checked
 
 
+def _null_components(path: str) -> dict:
+    """Components a local folder saved as None (model_index.json `[null, null]`, e.g. an SD3 without T5): diffusers
+    does not restore them on its own and wants them passed (`text_encoder_3=None`)."""
+    import json
+    from pathlib import Path
+
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return {}
+    cfg = json.loads(index.read_text())
+    return {k: None for k, v in cfg.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is None}
+
+
 class StableDiffusionFamily(ModelFamily):
     name = "sd"
     description = "Stable Diffusion 1.x/2.x"
@@ -45,7 +58,7 @@ class StableDiffusionFamily(ModelFamily):
             raise SFDError(f"{path} holds a {kind or 'unknown'} pipeline; expected a {self.description} folder or an SFD one-step model")
         teacher_cls, one_step_cls = self.pipeline_types()
         cls = one_step_cls if kind == self.one_step_pipeline else teacher_cls
-        extra = {} if cls is one_step_cls else self.load_kwargs(cls)
+        extra = {**_null_components(path), **({} if cls is one_step_cls else self.load_kwargs(cls))}
         try:
             pipe = cls.from_pretrained(path, dtype=dtype or torch.float32, use_safetensors=not allow_pickle, **extra)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
@@ -106,6 +119,7 @@ class StableDiffusionFamily(ModelFamily):
         kw = {}
         if not self.is_one_step(pipe):
             kw = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance)) if v is not None}
+            kw.update(self.sampler_kwargs(pipe))
             if negative_prompt:
                 kw["negative_prompt"] = [negative_prompt] * len(conditions)
         return pipe(list(conditions), generator=list(generators), height=size, width=size, output_type="pt", **kw).images

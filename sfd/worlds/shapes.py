@@ -15,7 +15,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from sfd.ema import EMA
 from sfd.schedules import DiscreteVPSchedule
+
+from .tokenizer import MODEL_MAX_LENGTH
 
 IMAGE_SIZE = 32
 COLOURS = ("red", "green", "blue", "yellow", "purple")
@@ -189,7 +191,10 @@ def evaluate_teacher(
     Image k of prompt p uses its own generator seeded seed * 10**6 + p * 1000 + k, so any subset of the
     grid can be regenerated alone. Colour and shape are zero-shot votes among all COLOURS / SHAPES.
     """
+    from ..families import family_of_pipeline
+
     prompts = all_prompts()
+    extra = family_of_pipeline(type(pipe).__name__).sampler_kwargs(pipe)
     jobs = [(p, k) for p in range(len(prompts)) for k in range(n_per_prompt)]
     colour_ok = torch.zeros(len(prompts), n_per_prompt)
     shape_ok = torch.zeros(len(prompts), n_per_prompt)
@@ -200,7 +205,7 @@ def evaluate_teacher(
         gens = [torch.Generator().manual_seed(seed * 10**6 + p * 1000 + k) for p, k in chunk]
         images = pipe(
             prompt=[prompts[p][2] for p, _ in chunk], height=IMAGE_SIZE, width=IMAGE_SIZE,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=gens, output_type="pt",
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=gens, output_type="pt", **extra,
         ).images
         colour = clip.zero_shot(images, COLOURS, (COLOUR_PROMPT,)).pred
         shape = clip.zero_shot(images, SHAPES, (SHAPE_PROMPT,)).pred
@@ -482,8 +487,36 @@ def _encode_dataset(vae, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
     return torch.cat(means), torch.cat(stds), batch.colour_ids, batch.shape_ids
 
 
+def epsilon_loss(unet, z0: torch.Tensor, cond: dict, gen: torch.Generator, cfg: TeacherTrainConfig) -> torch.Tensor:
+    """Stable Diffusion's objective: epsilon prediction at a uniform training timestep of SD's VP schedule, with
+    Min-SNR weights (cfg.min_snr_gamma)."""
+    abar = (1 + DiscreteVPSchedule.from_scheduler_config(scheduler_config()).sigmas ** 2).reciprocal()  # 1 / (1 + sigma^2)
+    t = torch.randint(len(abar), (len(z0),), generator=gen)
+    eps = torch.randn(z0.shape, generator=gen)
+    a = abar[t].view(-1, 1, 1, 1)
+    pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, **cond).sample
+    snr = abar[t] / (1 - abar[t])
+    weight = snr.clamp(max=cfg.min_snr_gamma) / snr
+    return (weight * ((pred - eps) ** 2).mean((1, 2, 3))).mean()
+
+
+def flow_loss(transformer, z0: torch.Tensor, cond: dict, gen: torch.Generator, cfg: TeacherTrainConfig) -> torch.Tensor:
+    """SD3's rectified-flow objective: x_t = (1 - t) x0 + t eps, the network predicts v = eps - x0 at diffusers'
+    timestep 1000 t, with t drawn logit-normal(0, 1) (SD3's default density; Esser et al. 2024, section 3.1)."""
+    t = torch.sigmoid(torch.randn(len(z0), generator=gen))
+    eps = torch.randn(z0.shape, generator=gen)
+    tt = t.view(-1, 1, 1, 1)
+    pred = transformer(hidden_states=(1 - tt) * z0 + tt * eps, timestep=1000 * t, **cond).sample
+    return ((pred - (eps - z0)) ** 2).mean()
+
+
 class SDTeacherParts:
     """The Stable Diffusion teacher of the world: one CLIP text encoder; dropped captions become "" for guidance."""
+
+    loss = staticmethod(epsilon_loss)
+    default_steps: int | None = None  # training steps when not TeacherTrainConfig's
+    text_length = MODEL_MAX_LENGTH  # the tokenizer's model_max_length: SD pipelines pad prompts to it
+    extra_meta: dict = {}  # what the family needs in sfd_world.json to call the teacher as it was trained
 
     def text_encoders(self, cfg: TeacherTrainConfig) -> list:
         return [build_text_encoder(cfg)]
@@ -505,6 +538,10 @@ class SDXLTeacherParts:
     projected pooled embedding and the size/crop time ids as `added_cond_kwargs` (addition_embed_type
     "text_time"), and dropped captions as zeros, as StableDiffusionXLPipeline's force_zeros_for_empty_prompt."""
 
+    loss = staticmethod(epsilon_loss)
+    default_steps: int | None = None
+    text_length = MODEL_MAX_LENGTH
+    extra_meta: dict = {}
     time_embed_dim = 8
 
     def _text_config(self, cfg: TeacherTrainConfig):
@@ -552,14 +589,77 @@ class SDXLTeacherParts:
                                          scheduler=DPMSolverMultistepScheduler(**scheduler_config()), force_zeros_for_empty_prompt=True)
 
 
-TEACHER_PARTS = {"sd": SDTeacherParts(), "sdxl": SDXLTeacherParts()}  # `sfd train-teacher shapes --family NAME`
+class SD3TeacherParts:
+    """An SD3-structured teacher: a small `SD3Transformer2DModel` (MMDiT: joint attention of image and text tokens,
+    adaLN from the timestep and pooled text) trained with the rectified-flow objective, so that the flow family's
+    code (velocity networks, x0 = x_t - t v, FlowMatchEuler sampling) is proven on a trained model. CLIP-L and CLIP-G
+    are two CLIP encoders of half the SD teacher's width (penultimate hidden states concatenated into the joint
+    sequence, projected pooled embeddings concatenated into `pooled_projections`), as StableDiffusion3Pipeline
+    encodes them. There is no T5: the slot is zeros, as diffusers runs SD3 with `text_encoder_3=None`, at
+    `max_sequence_length` tokens (kept short, and recorded in sfd_world.json, so the joint sequence stays small).
+    Dropped captions are encoded "" (SD3 guides with the encoded empty prompt, not zeros). A transformer rather than
+    the shapes UNet under a flow objective, because StableDiffusion3Pipeline and the SD3 family call an
+    SD3Transformer2DModel: a flow-trained UNet would need a pipeline that no user runs."""
+
+    loss = staticmethod(flow_loss)
+    # 1,500 steps of batch 64: evaluated every 250 steps with 8 images per prompt, the worst prompt's shape rate reached
+    # 62.5% at 1,500 and stayed there to 2,000 (colour 100% from 500 on). The 1,500-step teacher: colour min 100%, shape
+    # min 69% at 32 images per prompt; 0.76 s/step on 2 threads, 18.9 min (BENCHMARKS.md, issue 17).
+    default_steps = 1500
+    text_length = 20  # CLIP tokens: the world's captions are <= 9 tokens with BOS/EOS
+    max_sequence_length = 4  # the T5 slot's zero tokens
+    extra_meta = {"max_sequence_length": max_sequence_length}
+    layers = 6
+    heads = 4
+    head_dim = 32
+
+    def _text_config(self, cfg: TeacherTrainConfig):
+        return SDXLTeacherParts()._text_config(cfg)
+
+    def text_encoders(self, cfg: TeacherTrainConfig) -> list:
+        from transformers import CLIPTextModelWithProjection
+
+        return [CLIPTextModelWithProjection(self._text_config(cfg)), CLIPTextModelWithProjection(self._text_config(cfg))]
+
+    def unet(self, cfg: TeacherTrainConfig, latent_channels: int):
+        from diffusers import SD3Transformer2DModel
+
+        s = IMAGE_SIZE // 4
+        return SD3Transformer2DModel(sample_size=s, patch_size=1, in_channels=latent_channels, out_channels=latent_channels,
+                                     num_layers=self.layers, attention_head_dim=self.head_dim, num_attention_heads=self.heads,
+                                     joint_attention_dim=cfg.text_width, caption_projection_dim=self.heads * self.head_dim,
+                                     pooled_projection_dim=cfg.text_width, pos_embed_max_size=s)
+
+    def unet_kwargs(self, encoders, tokens: torch.Tensor, dropped: torch.Tensor) -> dict:
+        outs = [e(tokens, output_hidden_states=True) for e in encoders]
+        clip = torch.cat([o.hidden_states[-2] for o in outs], dim=-1)
+        t5 = clip.new_zeros(len(tokens), self.max_sequence_length, clip.shape[-1])
+        return {"encoder_hidden_states": torch.cat([clip, t5], dim=1), "pooled_projections": torch.cat([o[0] for o in outs], dim=-1)}
+
+    def pipeline(self, vae, encoders, tokenizer, unet):
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        vae.register_to_config(shift_factor=0.0)  # SD3's decode adds vae.config.shift_factor; the world's VAE has none
+        return StableDiffusion3Pipeline(transformer=unet.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae.eval(),
+                                        text_encoder=encoders[0].eval(), tokenizer=tokenizer, text_encoder_2=encoders[1].eval(),
+                                        tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+
+
+TEACHER_PARTS = {"sd": SDTeacherParts(), "sdxl": SDXLTeacherParts(), "sd3": SD3TeacherParts()}  # `sfd train-teacher shapes --family NAME`
+
+
+def teacher_config(family: str = "sd", steps: int | None = None) -> TeacherTrainConfig:
+    """The teacher's training settings for a family: TeacherTrainConfig with the family's step count, or `steps`."""
+    default = TeacherTrainConfig()
+    return replace(default, steps=steps or TEACHER_PARTS[family].default_steps or default.steps)
 
 
 def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig(), progress: bool = True,
                   snapshot_every: int = 0, on_snapshot=None, family: str = "sd"):
-    """Epsilon-prediction training of the UNet and the text encoder(s) together, on VAE latents; returns
-    (EMA unet, [EMA text encoders], stats). `on_snapshot(step, unet, text_encoders)` gets EMA copies.
-    `family` picks the teacher's structure (TEACHER_PARTS): Stable Diffusion's or SDXL's."""
+    """Training of the denoising network and the text encoder(s) together, on VAE latents, with the family's
+    objective (epsilon prediction, or rectified flow for SD3); returns (EMA network, [EMA text encoders], stats).
+    `on_snapshot(step, network, text_encoders)` gets EMA copies. `family` picks the teacher's structure
+    (TEACHER_PARTS): Stable Diffusion's, SDXL's or SD3's."""
     parts = TEACHER_PARTS[family]
     torch.manual_seed(cfg.seed)
     unet, encoders = parts.unet(cfg, vae.config.latent_channels), parts.text_encoders(cfg)
@@ -576,8 +676,6 @@ def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig()
     texts = [caption(c, s, t) for c in range(len(COLOURS)) for s in range(len(SHAPES)) for t in range(len(TEMPLATES))] + [""]
     tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     uncond = len(texts) - 1
-    abar = DiscreteVPSchedule.from_scheduler_config(scheduler_config())
-    abar = (1 + abar.sigmas**2).reciprocal()  # abar_t = 1 / (1 + sigma_t^2)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def ema_copies():
@@ -595,14 +693,7 @@ def train_teacher(vae, tokenizer, cfg: TeacherTrainConfig = TeacherTrainConfig()
         row = (colour_ids[idx] * len(SHAPES) + shape_ids[idx]) * len(TEMPLATES) + template
         dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout
         row = torch.where(dropped, uncond, row)
-        t = torch.randint(len(abar), (cfg.batch_size,), generator=gen)
-        eps = torch.randn(z0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        pred = unet(z_t, t, **parts.unet_kwargs(encoders, tokens[row], dropped)).sample
-        snr = abar[t] / (1 - abar[t])
-        weight = snr.clamp(max=cfg.min_snr_gamma) / snr
-        loss = (weight * ((pred - eps) ** 2).mean((1, 2, 3))).mean()
+        loss = parts.loss(unet, z0, parts.unet_kwargs(encoders, tokens[row], dropped), gen, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -695,19 +786,20 @@ def time_components(pipe, batch: int = 64, num_inference_steps: int = DEFAULT_NU
         return cond if isinstance(cond, dict) else {"encoder_hidden_states": cond}
 
     cond = encode()
-    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    z = torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(0))
-    t = torch.full((batch,), 500)
+    den = family.teacher_denoiser(pipe)  # the network as SFD calls it (UNet or transformer), at a mid noise level
+    z = torch.randn(batch, *family.latent_shape(pipe), generator=torch.Generator().manual_seed(0))
+    sigma = torch.ones(batch)
     out = {
         "batch": batch,
         "text_encode": best(encode),
-        "unet": best(lambda: pipe.unet(z, t, **cond)),
-        "unet_cfg_batch": best(lambda: pipe.unet(torch.cat([z, z]), torch.cat([t, t]), **tree_cat([cond, cond]))),
+        "unet": best(lambda: den(z, sigma, cond)),
+        "unet_cfg_batch": best(lambda: den(torch.cat([z, z]), torch.cat([sigma, sigma]), tree_cat([cond, cond]))),
         "vae_decode": best(lambda: pipe.vae.decode(z / pipe.vae.config.scaling_factor)),
     }
     pipe.set_progress_bar_config(disable=True)
     out["sampler"] = best(lambda: pipe(prompt=prompts, height=IMAGE_SIZE, width=IMAGE_SIZE, num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0), output_type="pt"))
+                                       guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0), output_type="pt",
+                                       **family.sampler_kwargs(pipe)))
     out["one_step_estimate"] = out["text_encode"] + out["unet"] + out["vae_decode"]
     out["speedup_estimate"] = out["sampler"] / out["one_step_estimate"]
     out.update(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, threads=torch.get_num_threads())
@@ -738,8 +830,6 @@ def train_world(
     `family` is the teacher's structure (TEACHER_PARTS). `components_from`: an existing world whose CLIP and VAE
     are reused, so that only the teacher is trained (an SDXL-structured teacher beside the bundled world).
     """
-    from dataclasses import replace
-
     from evaluators.clip import ClipEvaluator
 
     from .tokenizer import build_clip_tokenizer
@@ -781,12 +871,12 @@ def train_world(
         vae, vae_stats = train_vae(replace(vae_cfg, seed=seed), progress)
         vae.save_pretrained(vae_stage, safe_serialization=True)
         (vae_stage / "training.json").write_text(json.dumps(vae_stats, indent=2))
-    tokenizer = build_clip_tokenizer()
+    tokenizer = build_clip_tokenizer(model_max_length=TEACHER_PARTS[family].text_length)
     unet, encoders, teacher_stats = train_teacher(vae, tokenizer, replace(teacher_cfg, seed=seed), progress, family=family)
     training = {"seed": seed, "clip": clip_stats, "vae": vae_stats, "teacher": teacher_stats,
                 "train_seconds_total": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads()}
     pipe = TEACHER_PARTS[family].pipeline(vae, encoders, tokenizer, unet)
-    meta = world_meta(num_inference_steps, guidance_scale, training=training, family=family)
+    meta = world_meta(num_inference_steps, guidance_scale, training=training, family=family, **TEACHER_PARTS[family].extra_meta)
     if components_from is not None:
         meta["clip"] = str(Path(components_from) / "clip")
     save_teacher(pipe, out / "teacher", meta)
