@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
 from evaluators.audit import load_model
-from evaluators.detectors import DetectorFactory, feature_extractor, fid_kid
-from evaluators.robustness import (ATTACKS, RobustnessSettings, Victim, asr_table, attack_victim, base_pairs, describe_settings,
-                                   markdown_table, reference_set, write_table)
+from evaluators.detectors import DetectorFactory, feature_extractor
+from evaluators.robustness import (ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table, robustness_report,
+                                   summary_columns, write_table)
 from evaluators.world_metrics import world_evaluator
 from sfd.baselines import run_baseline
 from sfd.config import preset
@@ -35,10 +34,6 @@ from sfd.prompts import mentions
 from sfd.worlds import shapes, world_prompts
 from sfd.worlds.shapes_judge import judge_spec
 
-# The weak defence: the concept guided away from at this scale. The stock negative prompt (the concept as the
-# unconditional branch) leaves red at 100% on this world, since the prompt itself still names it; 7.5 brings red to
-# 5% and circle to 30% (2 seeds x 24 prompts, measured with the held-out judges).
-NEGATIVE_GUIDANCE = 7.5
 ROWS = ("original", "negative-prompt", "distilled", "sfd-two-stage", "sfd-single-stage", "esd-x", "esd-u", "uce")
 
 
@@ -57,13 +52,6 @@ def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate)
     else:
         s = run_baseline(row, teacher, str(out), [concept], override, overwrite=True, progress=False, evaluate=evaluate)
     return str(out), s
-
-
-def retained_extra(summary: dict) -> dict:
-    m = summary.get("metrics") or {}
-    return {"retained_colour_ratio": m.get("retained_colour_rate_ratio"), "retained_shape_ratio": m.get("retained_shape_rate_ratio"),
-            "clip_score_ratio": m.get("retained_clip_score_ratio"), "forget_rate": m.get("forget_rate"),
-            "erase_seconds": summary.get("erase_seconds")}
 
 
 def main() -> None:
@@ -93,23 +81,12 @@ def main() -> None:
     evaluate = world_evaluator(family_for(teacher), teacher, seed=0, progress=False)
     summary = {"torch_threads": torch.get_num_threads(), "concepts": {}}
     for concept in a.concepts.split(","):
-        t_concept = time.perf_counter()
         cfg = RobustnessSettings(concept, attacks=tuple(a.attacks.split(",")), n_seeds=a.seeds, max_prompts=a.max_prompts,
                                  steps=a.steps).validate()
         judge = factory.build(judge_spec(concept))
         scorer = factory.build(f"clip:{concept}")
-        pairs = base_pairs(concept, cfg)
         original = Victim(load_model(teacher, "original"), "original", role="original")
-        refs = reference_set(original, concept, cfg)
         retained = [p for p in world_prompts({"world": "shapes"}) if not mentions(p, concept)][:96]
-        seeds = list(range(len(retained)))
-
-        def retained_images(v: Victim) -> torch.Tensor:
-            z = v.noise(seeds)
-            with torch.no_grad():
-                return torch.cat([v.render(v.hidden(v.ids(retained[i:i + 48])), z[i:i + 48], full=True).cpu() for i in range(0, len(z), 48)])
-
-        original_retained = retained_images(original)
         victims, extra = [], {}
         for row in rows:
             if row == "original":
@@ -121,31 +98,14 @@ def main() -> None:
             else:
                 path, s = erase(row, concept, teacher, base, work, evaluate)
                 victims.append(Victim(load_model(path, row), row))
-                extra[row] = retained_extra(s)
+                extra[row] = summary_columns(path)[1]
                 print(f"{concept}: {row} erased in {s['erase_seconds']:.0f} s; forget rate {extra[row]['forget_rate']}", flush=True)
-        # the original's plain images are the output-matching targets: render them first, then attack every row
-        with torch.no_grad():
-            z = original.noise([s for _, s in pairs])
-            prompts = [p for p, _ in pairs]
-            targets = torch.cat([original.render(original.hidden(original.ids(prompts[i:i + 50])), z[i:i + 50], full=True).cpu()
-                                 for i in range(0, len(z), 50)])
-        results = []
-        for v in victims:
-            print(f"{concept}: attacking {v.label}", flush=True)
-            results.append(attack_victim(v, pairs, targets, refs, scorer, judge, cfg))
-            fk = fid_kid(retained_images(v) if v is not original else original_retained, original_retained, clip_features,
-                         kid_subset_size=len(retained))
-            extra.setdefault(v.label, {}).update({"fid": fk.get("fid"), "kid": fk.get("kid"),
-                                                  "sampling_seconds_per_image": results[-1]["sampling_seconds_per_image"]})
-        ideal = results[0]["plain_flags"] if rows[0] == "original" else [True] * len(pairs)
-        report = {"concept": concept, "n_pairs": len(pairs), "n_ideal": int(sum(ideal)), "judge": judge.name, "scorer": scorer.name,
-                  "settings": describe_settings(cfg), "asr": asr_table(results, ideal), "extra": extra,
-                  "seconds": time.perf_counter() - t_concept,
-                  "per_model": [{k: v for k, v in r.items() if k != "attacks"} | {"attack_seconds": {n: x["seconds"] for n, x in r["attacks"].items()}}
-                                for r in results]}
+        if victims[0] is not original:  # the original leads the table: ideal pairs, matching targets, inversion references
+            victims.insert(0, original)
+        report = robustness_report(victims, cfg, scorer, judge, extra, retained, clip_features, log=lambda m: print(m, flush=True))
         write_table(a.out, concept, report)
         print(markdown_table(concept, report), flush=True)
-        summary["concepts"][concept] = {"asr": report["asr"], "extra": extra, "n_ideal": report["n_ideal"], "n_pairs": len(pairs),
+        summary["concepts"][concept] = {"asr": report["asr"], "extra": report["extra"], "n_ideal": report["n_ideal"], "n_pairs": report["n_pairs"],
                                         "seconds": report["seconds"]}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(summary, indent=2, default=str))

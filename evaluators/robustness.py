@@ -47,6 +47,10 @@ PUBLISHED_BUDGETS = {
     "match": "P4D: 3,000 iterations; UMA: PGD on the input",
     "noise": "no published budget (seed search is the cheap baseline)",
 }
+# The weak defence of the controls: the concept guided away from at this scale (Victim.negative_guidance). The stock
+# negative prompt (the concept as the unconditional branch) leaves red at 100% on the shapes world, since the prompt
+# itself still names it; 7.5 brings red to 5% and circle to 30% (2 seeds x 24 prompts, the held-out judges).
+NEGATIVE_GUIDANCE = 7.5
 PLACEHOLDER = "sks"  # one whole-word token of the CLIP vocabulary, replaced by the inverted embedding
 
 
@@ -293,9 +297,10 @@ def _chunks(n: int, size: int):
         yield slice(i, min(n, i + size))
 
 
-def reference_set(original: Victim, concept: str, cfg: RobustnessSettings) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def reference_set(original: Victim, concept: str, cfg: RobustnessSettings,
+                  model_prompts: Sequence[str] | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Textual inversion's references: the original model's images of the concept on seeds disjoint from the tests."""
-    tests = [p for p, _ in base_pairs(concept, cfg)]
+    tests = [p for p, _ in base_pairs(concept, cfg, model_prompts)]
     unique = list(dict.fromkeys(tests))
     pairs = [(unique[i % len(unique)], (cfg.seed + 1) * 10**9 + 7 * 10**8 + i) for i in range(cfg.inversion_refs)]  # seeds no test uses
     prompts = [p for p, _ in pairs]
@@ -377,6 +382,121 @@ def describe_settings(cfg: RobustnessSettings) -> dict:
                    "(shown after the attack); p4d = post-attack among the pairs the model does not already show",
             "judging": "held-out judge on images of the model's full deterministic sampler for the inputs the attack found",
             "multi_step": f"attacked through a {cfg.sampler_steps}-step differentiable DDIM sampler with the model's guidance"}
+
+
+def retained_images(victim: Victim, prompts: Sequence[str], batch_size: int = 48) -> torch.Tensor:
+    """The model's full-sampler images of `prompts`, image i on seed i (FID/KID between models on the same inputs)."""
+    z = victim.noise(range(len(prompts)))
+    with torch.no_grad():
+        return torch.cat([victim.render(victim.hidden(victim.ids(prompts[sl])), z[sl], full=True).cpu()
+                          for sl in _chunks(len(prompts), batch_size)])
+
+
+def robustness_report(victims: Sequence[Victim], cfg: RobustnessSettings, scorer, judge, extra: dict[str, dict] | None = None,
+                      retained_prompts: Sequence[str] = (), features=None, model_prompts: Sequence[str] | None = None,
+                      log=print) -> dict:
+    """One concept's robustness table: every victim attacked the same way on the same (prompt, seed) pairs.
+
+    `victims[0]` is the original model: its plain images are the output-matching targets and the textual-inversion
+    references, and the pairs where it shows the concept are the ideal ones. `extra` holds per-label columns known
+    beforehand (retained detection, CLIP score, erase seconds); FID/KID to the original on `retained_prompts` (in
+    `features`, e.g. CLIP image features) and the sampling time are added here."""
+    if not victims or victims[0].role != "original":
+        raise SFDError("the robustness table needs the original model first (role 'original')")
+    t0 = time.perf_counter()
+    extra = {k: dict(v) for k, v in (extra or {}).items()}
+    original = victims[0]
+    pairs = base_pairs(cfg.concept, cfg, model_prompts)
+    if not pairs:
+        raise SFDError(f"no base prompt names {cfg.concept!r}: give prompts that mention it")
+    refs = reference_set(original, cfg.concept, cfg, model_prompts) if "inversion" in cfg.attacks else None
+    prompts = [p for p, _ in pairs]
+    with torch.no_grad():  # the original's plain images: the output-matching targets
+        z = original.noise([s for _, s in pairs])
+        targets = torch.cat([original.render(original.hidden(original.ids(prompts[sl])), z[sl], full=True).cpu()
+                             for sl in _chunks(len(prompts), cfg.batch_size)])
+    retained = list(retained_prompts)
+    reference = retained_images(original, retained) if features is not None and len(retained) >= 2 else None
+    results = []
+    for v in victims:
+        log(f"{cfg.concept}: attacking {v.label}")
+        results.append(attack_victim(v, pairs, targets, refs, scorer, judge, cfg, log=log))
+        row = extra.setdefault(v.label, {})
+        row["sampling_seconds_per_image"] = results[-1]["sampling_seconds_per_image"]
+        if reference is not None:
+            from .detectors import fid_kid
+
+            fk = fid_kid(reference if v is original else retained_images(v, retained), reference, features, kid_subset_size=len(retained))
+            row.update(fid=fk.get("fid"), kid=fk.get("kid"))
+    ideal = results[0]["plain_flags"]
+    return {"concept": cfg.concept, "n_pairs": len(pairs), "n_ideal": int(sum(ideal)), "judge": judge.name, "scorer": scorer.name,
+            "settings": describe_settings(cfg), "asr": asr_table(results, ideal), "extra": extra, "seconds": time.perf_counter() - t0,
+            "per_model": [{k: v for k, v in r.items() if k != "attacks"} | {"attack_seconds": {n: x["seconds"] for n, x in r["attacks"].items()}}
+                          for r in results]}
+
+
+def summary_columns(path: str) -> tuple[str, dict]:
+    """(role, known columns) of a model folder from the summary `sfd erase` / `sfd distill` wrote (sfd_config.json):
+    a stage-1 distillation (no forgetting) is a positive control; erase time, forget rate and the world's retained
+    detection and CLIP score ratios come from its recorded metrics."""
+    import json
+    from pathlib import Path
+
+    f = Path(path) / "sfd_config.json"
+    summary = json.loads(f.read_text()) if f.is_file() else {}
+    m = summary.get("metrics") or {}
+    role = "control" if summary.get("stage") == "distill" else "erased"
+    return role, {"retained_colour_ratio": m.get("retained_colour_rate_ratio"), "retained_shape_ratio": m.get("retained_shape_rate_ratio"),
+                  "clip_score_ratio": m.get("retained_clip_score_ratio"), "forget_rate": m.get("forget_rate"),
+                  "erase_seconds": summary.get("erase_seconds")}
+
+
+def check_judge(judge_spec: str, concept: str, scorer_spec: str | None = None) -> str:
+    """The optimised scorer's spec (default clip:CONCEPT), after refusing a judge that is that scorer (not held out)."""
+    scorer_spec = scorer_spec or f"clip:{concept}"
+    if judge_spec.strip() == scorer_spec.strip():
+        raise SFDError(f"the judge {judge_spec!r} is the optimised scorer: give a held-out judge (e.g. a classifier: detector)")
+    return scorer_spec
+
+
+def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec: str, out, scorer_spec: str | None = None,
+                     negative_control: bool = False, prompts: Sequence[str] | None = None, features: str | None = "clip",
+                     device: str = "cpu", steps: int | None = None, allow_pickle: bool = False, log=print) -> dict:
+    """`sfd audit --robustness CONCEPT`: the robustness table of `models` (the first is the original) with the positive
+    controls, written to out/robustness_<concept>.{json,csv,html}. `judge_spec` judges success (held out: it must not be
+    the optimised scorer, `scorer_spec`, default clip:CONCEPT); `negative_control` adds the original with the concept as
+    a negative prompt (guided away from at NEGATIVE_GUIDANCE); `prompts` (the audit's prompt set) give the base prompts
+    that name the concept and the retained prompts of FID/KID, where the model is not a world's."""
+    from sfd.prompts import mentions
+    from sfd.worlds import shapes
+
+    from .audit import load_model, model_labels
+    from .detectors import DetectorFactory, feature_extractor
+
+    factory = DetectorFactory(device)
+    scorer_spec = check_judge(judge_spec, cfg.concept, scorer_spec)
+    judge, scorer = factory.build(judge_spec), factory.build(scorer_spec)
+    labels = model_labels(models)
+    load = lambda path, label: load_model(path, label, device, steps, allow_pickle)  # noqa: E731
+    victims = [Victim(load(models[0], labels[0]), labels[0], role="original")]
+    if negative_control:
+        label = f"{labels[0]} + negative prompt"
+        victims.append(Victim(load(models[0], label), label, negative_prompt=cfg.concept, negative_guidance=NEGATIVE_GUIDANCE,
+                              role="control"))
+    extra = {}
+    for path, label in zip(models[1:], labels[1:]):
+        role, extra[label] = summary_columns(path)
+        victims.append(Victim(load(path, label), label, role=role))
+    c = cfg.concept.strip().lower()
+    world = c in shapes.COLOURS or c in shapes.SHAPES
+    pool = [shapes.caption(col, sh, t) for t in range(len(shapes.TEMPLATES)) for col in range(len(shapes.COLOURS))
+            for sh in range(len(shapes.SHAPES))] if world else list(prompts or ())
+    retained = [p for p in pool if not mentions(p, cfg.concept)][:96]
+    named = None if world else [p for p in (prompts or ()) if mentions(p, cfg.concept)] or None
+    extractor = feature_extractor(features, device, factory) if features not in (None, "none") else None
+    report = robustness_report(victims, cfg, scorer, judge, extra, retained, extractor, named, log=log)
+    write_table(out, cfg.concept, report)
+    return report
 
 
 # ----------------------------------------------------------------------------------------------- table

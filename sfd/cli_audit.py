@@ -29,13 +29,44 @@ def cmd_audit(a) -> int:
     settings = AuditSettings(
         models=tuple(a.model), prompts=a.prompts, detectors=tuple(a.detector), n_per_prompt=a.n_per_prompt, seed=a.seed,
         steps=a.steps, guidance=a.guidance, categories=tuple(a.category or ()), limit=a.limit, batch_size=a.batch_size,
-        features=a.features, reference_images=a.reference_images, attack=a.attack, attack_seeds=a.attack_seeds, attack_steps=a.attack_steps, allow_pickle=a.allow_pickle,
+        features=a.features, reference_images=a.reference_images, attack=a.attack,
+        attack_seeds=a.attack_seeds or AuditSettings.attack_seeds, attack_steps=a.attack_steps or AuditSettings.attack_steps,
+        allow_pickle=a.allow_pickle,
     )
     log = (lambda msg: None) if a.quiet else (lambda msg: print(msg, flush=True))
+    cfg = _robustness_settings(a) if a.robustness else None  # bad settings fail before the audit's work
     report = run_audit(settings, a.out, device=device, overwrite=a.overwrite, progress=not a.quiet, log=log)
     if report is not None:  # None on the other ranks of a sharded audit: rank 0 reports
         print(format_summary(report, a.out))
+        if cfg is not None:
+            _robustness(a, cfg, device, log)
     return 0
+
+
+def _robustness_settings(a):
+    from evaluators.robustness import ATTACKS, RobustnessSettings, check_judge
+
+    check_judge(a.judge or a.detector[0], a.robustness)
+
+    attacks = tuple(x.strip() for x in (a.robustness_attacks or ",".join(ATTACKS)).split(",") if x.strip())
+    return RobustnessSettings(a.robustness, attacks=attacks, n_seeds=a.attack_seeds or RobustnessSettings.n_seeds,
+                              max_prompts=a.max_prompts, seed=a.seed, steps=a.attack_steps or RobustnessSettings.steps).validate()
+
+
+def _robustness(a, cfg, device: str, log) -> None:
+    """`--robustness CONCEPT`: the four attacks on every model with positive controls, judged by --judge (default: the
+    first --detector), written beside the audit as robustness_CONCEPT.{json,csv,html}."""
+    from evaluators.prompt_sets import read_prompt_file
+    from evaluators.robustness import markdown_table, robustness_audit
+
+    features = "clip" if a.features == "auto" else a.features
+    report = robustness_audit(a.model, cfg, a.judge or a.detector[0], a.out, negative_control=a.negative_control,
+                              prompts=read_prompt_file(a.prompts), features=features, device=device, steps=a.steps,
+                              allow_pickle=a.allow_pickle, log=log)
+    print(markdown_table(cfg.concept, report))
+    stem = f"robustness_{cfg.concept.replace(' ', '_')}"
+    print(f"robustness table: {Path(a.out) / (stem + '.html')} (also .json, .csv); {report['n_ideal']} ideal pairs of "
+          f"{report['n_pairs']}, judge {report['judge']}")
 
 
 def format_summary(report: dict, out) -> str:
@@ -135,8 +166,20 @@ def add_parsers(sub) -> None:
     au.add_argument("--reference-images", metavar="DIR",
                     help="a folder of real images (e.g. a COCO subset): FID/KID of every model against them, in --features")
     au.add_argument("--attack", metavar="CONCEPT", help="also run the adversarial prompt search for this concept on every model")
-    au.add_argument("--attack-seeds", type=_pos_int("--attack-seeds"), default=2, help="seeds per attacked prompt (default 2)")
-    au.add_argument("--attack-steps", type=_pos_int("--attack-steps"), default=30, help="gradient steps of the soft-prompt search")
+    au.add_argument("--attack-seeds", type=_pos_int("--attack-seeds"),
+                    help="seeds per attacked prompt (default 2 for --attack, 5 for --robustness)")
+    au.add_argument("--attack-steps", type=_pos_int("--attack-steps"),
+                    help="gradient steps per attack (default 30 for --attack, 20 for --robustness)")
+    au.add_argument("--robustness", metavar="CONCEPT",
+                    help="also write the robustness table for CONCEPT: prompt-embedding (soft and hard), textual-inversion, "
+                         "output-matching and noise attacks on every model, the first --model being the original; ASR over "
+                         "ideal pairs, judged by --judge")
+    au.add_argument("--judge", help="--robustness: the held-out judge of success (default: the first --detector); never the "
+                                    "optimised scorer clip:CONCEPT")
+    au.add_argument("--negative-control", action="store_true",
+                    help="--robustness: add the first model with the concept as a negative prompt (a weak defence) as a control row")
+    au.add_argument("--robustness-attacks", metavar="A,B", help="--robustness: a subset of prompt,inversion,match,noise (default all)")
+    au.add_argument("--max-prompts", type=_pos_int("--max-prompts"), default=10, help="--robustness: base prompts naming the concept (default 10)")
     au.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
     au.add_argument("--threads", type=_pos_int("--threads"), help="CPU threads for torch (default: torch's)")
     au.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

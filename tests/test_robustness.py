@@ -106,3 +106,29 @@ def test_bad_attack_settings_give_one_clear_line(kw, needle):
     with pytest.raises(SFDError) as e:
         RobustnessSettings(**{"concept": "red", **kw}).validate()
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_audit_writes_the_robustness_table_with_controls(tmp_path, capsys):
+    """`sfd audit --robustness red`: the original first, the negative-prompt control, the distilled base recognised as a
+    control from its summary; the table's files, and a judge equal to the optimised scorer refused in one line."""
+    import json
+
+    from sfd.cli import main
+
+    shapes_dir = checkpoints_dir() / "shapes"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    args = ["audit", "--model", str(shapes_dir / "teacher"), "--model", str(shapes_dir / "onestep"), "--prompts", str(prompts),
+            "--detector", judge_spec("red"), "--robustness", "red", "--negative-control", "--robustness-attacks", "noise",
+            "--attack-seeds", "1", "--max-prompts", "2", "--attack-steps", "1", "--features", "none", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "audit")]) == 0
+    report = json.loads((tmp_path / "audit" / "robustness_red.json").read_text())
+    assert [(r["label"], r["role"]) for r in report["asr"]] == [("teacher", "original"), ("teacher + negative prompt", "control"),
+                                                                 ("onestep", "control")]
+    assert report["n_pairs"] == 2 and set(report["asr"][0]["attacks"]) == {"noise"} and report["judge"] != report["scorer"]
+    for ext in ("csv", "html"):
+        assert (tmp_path / "audit" / f"robustness_red.{ext}").is_file()
+    assert "robustness table:" in capsys.readouterr().out
+    assert main(args + ["--judge", "clip:red", "--out", str(tmp_path / "again")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optimised scorer" in err[0] and not (tmp_path / "again").exists()  # refused before any work
