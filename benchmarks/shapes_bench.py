@@ -63,10 +63,11 @@ def main() -> None:
     if "two" in stages and base in (None, "None"):
         raise SystemExit("no one-step base: pass --generator or bundle checkpoints/shapes/onestep")
     family = family_for(str(teacher_dir))
+    preset_name = family.preset(json.loads((teacher_dir / "sfd_world.json").read_text()))  # shapes, or shapes-sd3 for flow
     evaluate = world_evaluator(family, str(teacher_dir), seed=0, progress=False)
     rows = []
     for (forget, override), stage in [(p, st) for p in pairs for st in stages]:
-        config = preset("shapes", "erase" if stage == "two" else "single").replace(steps=a.steps)
+        config = preset(preset_name, "erase" if stage == "two" else "single").replace(steps=a.steps)
         out = work / f"no-{forget}-{stage}"
         s = run_sfd(str(teacher_dir), str(out), config, forget=[forget], override=override, generator=base if stage == "two" else None,
                     progress=True, overwrite=True, evaluate=evaluate, family=family)
@@ -79,7 +80,7 @@ def main() -> None:
     meta = json.loads((teacher_dir / "sfd_world.json").read_text())
     teacher = family.load(str(teacher_dir))  # the teacher's family (SD or SDXL); load_text_pipeline is SD's only
     kw = {"num_inference_steps": meta["default_num_inference_steps"], "guidance_scale": meta["default_guidance_scale"]}
-    tp_teacher = throughput(teacher, a.batch, 2, **kw)
+    tp_teacher = throughput(teacher, a.batch, 2, **kw, **family.sampler_kwargs(teacher))  # the SD3 world's short T5 slot
     tp_one = throughput(family.load(str(work / f"no-{pairs[0][0]}-{stages[0]}")), a.batch, 5)
     report = {"runs": rows, "torch_threads": torch.get_num_threads(),
               "throughput_images_per_s": {"teacher": tp_teacher, "one_step": tp_one, "batch": a.batch,

@@ -399,6 +399,8 @@ def cmd_quickstart(a) -> int:
 
 def _add_run_arguments(p, model_help: str) -> None:
     """Options shared by `sfd erase` and `sfd distill`."""
+    from .config import PRESETS
+
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--out", required=True, help="output folder for the one-step model")
     p.add_argument("--steps", type=_nonneg_int("--steps"), help="SFD iterations (default: the preset's)")
@@ -407,7 +409,7 @@ def _add_run_arguments(p, model_help: str) -> None:
     p.add_argument("--checkpoint-every", type=_nonneg_int("--checkpoint-every"), default=0,
                    help="save a resumable training state in --out every N steps (0: only on Ctrl-C)")
     p.add_argument("--resume", action="store_true", help="continue the run whose training state is in --out")
-    p.add_argument("--preset", choices=["class", "shapes", "sd"], help="hyperparameter preset (default: chosen from the model)")
+    p.add_argument("--preset", choices=list(PRESETS), help="hyperparameter preset (default: chosen from the model)")
     p.add_argument("--lora", action="store_true",
                    help="generator and fake score as LoRA adapters on the one frozen teacher network (the preset's rank)")
     p.add_argument("--lora-rank", type=_pos_int("--lora-rank"), help="LoRA rank (implies --lora)")
