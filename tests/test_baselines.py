@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from sfd.baselines.esd import esd_parameters
@@ -68,3 +69,23 @@ def test_baseline_bad_inputs_give_one_line(tiny_sd_dir, tiny_teacher_dir, tmp_pa
     code, _, err = run_cli(capsys, "erase", "--model", str(tiny_teacher_dir), "--out", str(tmp_path / "z"), "--forget", "1",
                            "--override", "2", "--method", "esd-u")
     assert_one_line_error(code, err, "erases text concepts")
+
+
+def test_esd_conditions_on_the_concept_text_alone_when_asked(tiny_sd_dir, tmp_path):
+    """ESDConfig.prompts: "concept" trains on the concept text alone (the ESD scripts' --prompt), "captions" on the
+    prompts naming it; the two give different edits from the same seed, and a bad value is one line."""
+    from sfd.baselines import run_baseline
+    from sfd.baselines.esd import ESDConfig
+    from sfd.errors import SFDError
+    from sfd.families import load_model
+
+    weights = {}
+    for mode in ("concept", "captions"):
+        settings = ESDConfig(steps=2, lr=1e-3, sampler_steps=2, prompts=mode)
+        s = run_baseline("esd-x", str(tiny_sd_dir), str(tmp_path / mode), ["cat"], "dog", settings=settings, progress=False)
+        assert s["settings"]["prompts"] == mode
+        weights[mode] = load_model(str(tmp_path / mode))[1].unet.state_dict()
+    assert any(not torch.equal(v, weights["captions"][k]) for k, v in weights["concept"].items())
+    with pytest.raises(SFDError) as e:
+        ESDConfig(prompts="words").validate()
+    assert "'concept' or 'captions'" in str(e.value) and "\n" not in str(e.value)

@@ -64,7 +64,11 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
     else:
         if not isinstance(settings, ESDConfig):
             raise SFDError(f"--method {method} takes ESD settings")
-        record = train_esd(denoiser, conds.forget, conds.empty, shape, method.split("-")[1], settings, device, progress)
+        forget_cond = conds.forget
+        if settings.prompts == "concept":  # the concept text alone, as the ESD scripts train
+            enc = family.encode(pipe, list(forget), device)
+            forget_cond = enc if isinstance(enc, dict) else {"encoder_hidden_states": enc}
+        record = train_esd(denoiser, forget_cond, conds.empty, shape, method.split("-")[1], settings, device, progress)
     seconds = time.perf_counter() - t0
     concepts = conds.describe()
     metrics = evaluate(pipe, concepts) if evaluate is not None else None

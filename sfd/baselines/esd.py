@@ -29,7 +29,8 @@ from ..tree import tree_cat, tree_leaves, tree_map
 
 # The paper's settings (ESD repository train-scripts, SD 1.4): 1,000 iterations, Adam at 1e-5, batch 1,
 # negative guidance 1, x_t from 50 DDIM steps at guidance 3. Worlds scale the lr and iterations (sfd/config.py).
-PAPER = {"steps": 1000, "lr": 1e-5, "batch_size": 1, "negative_guidance": 1.0, "sampler_steps": 50, "start_guidance": 3.0}
+PAPER = {"steps": 1000, "lr": 1e-5, "batch_size": 1, "negative_guidance": 1.0, "sampler_steps": 50, "start_guidance": 3.0,
+         "prompts": "concept"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class ESDConfig:
     sampler_steps: int = 50  # the sampler x_t is drawn from
     start_guidance: float = 3.0
     seed: int = 0
+    # What ESD conditions on: "captions", the prompts naming the concept that SFD's erase uses (a world's captions:
+    # "a red circle", ...; what the recorded shapes results used), or "concept", the concept text alone, as the ESD
+    # scripts train (`--prompt 'Van Gogh'`).
+    prompts: str = "captions"
 
     def validate(self) -> "ESDConfig":
         for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("sampler_steps", self.sampler_steps)):
@@ -48,6 +53,8 @@ class ESDConfig:
                 raise SFDError(f"ESD {name} must be >= 1, got {v}")
         if not self.lr > 0:
             raise SFDError(f"ESD learning rate must be > 0, got {self.lr}")
+        if self.prompts not in ("concept", "captions"):
+            raise SFDError(f"ESD prompts must be 'concept' or 'captions', got {self.prompts!r}")
         return self
 
     def describe(self) -> dict:
