@@ -297,6 +297,13 @@ def _chunks(n: int, size: int):
         yield slice(i, min(n, i + size))
 
 
+@torch.no_grad()
+def full_images(victim: Victim, prompts: Sequence[str], z: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's full-sampler images (on the CPU) of `prompts` on noise `z`, in batches."""
+    return torch.cat([victim.render(victim.hidden(victim.ids(prompts[sl])), z[sl], full=True).cpu()
+                      for sl in _chunks(len(prompts), batch_size)])
+
+
 def reference_set(original: Victim, concept: str, cfg: RobustnessSettings,
                   model_prompts: Sequence[str] | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Textual inversion's references: the original model's images of the concept on seeds disjoint from the tests."""
@@ -305,10 +312,7 @@ def reference_set(original: Victim, concept: str, cfg: RobustnessSettings,
     pairs = [(unique[i % len(unique)], (cfg.seed + 1) * 10**9 + 7 * 10**8 + i) for i in range(cfg.inversion_refs)]  # seeds no test uses
     prompts = [p for p, _ in pairs]
     z = original.noise([s for _, s in pairs])
-    with torch.no_grad():
-        images = torch.cat([original.render(original.hidden(original.ids(prompts[sl])), z[sl], full=True).cpu()
-                            for sl in _chunks(len(prompts), cfg.batch_size)])
-    return prompts, z, images
+    return prompts, z, full_images(original, prompts, z, cfg.batch_size)
 
 
 def attack_victim(victim: Victim, pairs: list[tuple[str, int]], original_images: torch.Tensor, refs, scorer, judge,
@@ -320,9 +324,7 @@ def attack_victim(victim: Victim, pairs: list[tuple[str, int]], original_images:
     out = {"label": victim.label, "role": victim.role, "path": victim.model.path, "one_step": victim.model.one_step,
            "negative_prompt": victim.negative_prompt or None, "attacks": {}}
     t0 = time.perf_counter()
-    with torch.no_grad():
-        plain = torch.cat([victim.render(victim.hidden(victim.ids(prompts[sl])), z[sl], full=True).cpu()
-                           for sl in _chunks(len(prompts), cfg.batch_size)])
+    plain = full_images(victim, prompts, z, cfg.batch_size)
     out["plain_flags"] = _judge(judge, plain, prompts)
     out["sampling_seconds_per_image"] = (time.perf_counter() - t0) / len(prompts)
     for attack in cfg.attacks:
@@ -386,10 +388,7 @@ def describe_settings(cfg: RobustnessSettings) -> dict:
 
 def retained_images(victim: Victim, prompts: Sequence[str], batch_size: int = 48) -> torch.Tensor:
     """The model's full-sampler images of `prompts`, image i on seed i (FID/KID between models on the same inputs)."""
-    z = victim.noise(range(len(prompts)))
-    with torch.no_grad():
-        return torch.cat([victim.render(victim.hidden(victim.ids(prompts[sl])), z[sl], full=True).cpu()
-                          for sl in _chunks(len(prompts), batch_size)])
+    return full_images(victim, prompts, victim.noise(range(len(prompts))), batch_size)
 
 
 def robustness_report(victims: Sequence[Victim], cfg: RobustnessSettings, scorer, judge, extra: dict[str, dict] | None = None,
@@ -411,10 +410,7 @@ def robustness_report(victims: Sequence[Victim], cfg: RobustnessSettings, scorer
         raise SFDError(f"no base prompt names {cfg.concept!r}: give prompts that mention it")
     refs = reference_set(original, cfg.concept, cfg, model_prompts) if "inversion" in cfg.attacks else None
     prompts = [p for p, _ in pairs]
-    with torch.no_grad():  # the original's plain images: the output-matching targets
-        z = original.noise([s for _, s in pairs])
-        targets = torch.cat([original.render(original.hidden(original.ids(prompts[sl])), z[sl], full=True).cpu()
-                             for sl in _chunks(len(prompts), cfg.batch_size)])
+    targets = full_images(original, prompts, original.noise([s for _, s in pairs]), cfg.batch_size)  # output-matching targets
     retained = list(retained_prompts)
     reference = retained_images(original, retained) if features is not None and len(retained) >= 2 else None
     results = []
@@ -468,7 +464,7 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
     a negative prompt (guided away from at NEGATIVE_GUIDANCE); `prompts` (the audit's prompt set) give the base prompts
     that name the concept and the retained prompts of FID/KID, where the model is not a world's."""
     from sfd.prompts import mentions
-    from sfd.worlds import shapes
+    from sfd.worlds import shapes, world_prompts
 
     from .audit import load_model, model_labels
     from .detectors import DetectorFactory, feature_extractor
@@ -489,8 +485,7 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
         victims.append(Victim(load(path, label), label, role=role))
     c = cfg.concept.strip().lower()
     world = c in shapes.COLOURS or c in shapes.SHAPES
-    pool = [shapes.caption(col, sh, t) for t in range(len(shapes.TEMPLATES)) for col in range(len(shapes.COLOURS))
-            for sh in range(len(shapes.SHAPES))] if world else list(prompts or ())
+    pool = world_prompts({"world": "shapes"}) if world else list(prompts or ())
     retained = [p for p in pool if not mentions(p, cfg.concept)][:96]
     named = None if world else [p for p in (prompts or ()) if mentions(p, cfg.concept)] or None
     extractor = feature_extractor(features, device, factory) if features not in (None, "none") else None

@@ -333,7 +333,6 @@ def cmd_train_teacher(a) -> int:
 
 def _train_shapes_world(a) -> int:
     """Shapes world: tiny CLIP, VAE, then UNet + text encoder; a stopped run continues with --resume."""
-
     from .outputs import check_output_dir
     from .worlds import shapes
 

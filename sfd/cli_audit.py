@@ -47,7 +47,6 @@ def _robustness_settings(a):
     from evaluators.robustness import ATTACKS, RobustnessSettings, check_judge
 
     check_judge(a.judge or a.detector[0], a.robustness)
-
     attacks = tuple(x.strip() for x in (a.robustness_attacks or ",".join(ATTACKS)).split(",") if x.strip())
     return RobustnessSettings(a.robustness, attacks=attacks, n_seeds=a.attack_seeds or RobustnessSettings.n_seeds,
                               max_prompts=a.max_prompts, seed=a.seed, steps=a.attack_steps or RobustnessSettings.steps).validate()

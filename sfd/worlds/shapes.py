@@ -11,6 +11,7 @@ This module holds the data (rendering and captions), the training of the world's
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -487,10 +488,16 @@ def _encode_dataset(vae, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor,
     return torch.cat(means), torch.cat(stds), batch.colour_ids, batch.shape_ids
 
 
+@functools.lru_cache(maxsize=1)
+def _sd_alphas_cumprod() -> torch.Tensor:
+    """abar_t = 1 / (1 + sigma_t^2) of SD's training schedule (computed once, not every training step)."""
+    return (1 + DiscreteVPSchedule.from_scheduler_config(scheduler_config()).sigmas ** 2).reciprocal()
+
+
 def epsilon_loss(unet, z0: torch.Tensor, cond: dict, gen: torch.Generator, cfg: TeacherTrainConfig) -> torch.Tensor:
     """Stable Diffusion's objective: epsilon prediction at a uniform training timestep of SD's VP schedule, with
     Min-SNR weights (cfg.min_snr_gamma)."""
-    abar = (1 + DiscreteVPSchedule.from_scheduler_config(scheduler_config()).sigmas ** 2).reciprocal()  # 1 / (1 + sigma^2)
+    abar = _sd_alphas_cumprod()
     t = torch.randint(len(abar), (len(z0),), generator=gen)
     eps = torch.randn(z0.shape, generator=gen)
     a = abar[t].view(-1, 1, 1, 1)
@@ -510,13 +517,29 @@ def flow_loss(transformer, z0: torch.Tensor, cond: dict, gen: torch.Generator, c
     return ((pred - (eps - z0)) ** 2).mean()
 
 
-class SDTeacherParts:
-    """The Stable Diffusion teacher of the world: one CLIP text encoder; dropped captions become "" for guidance."""
+class _TeacherParts:
+    """What every teacher structure of the world sets (TEACHER_PARTS); SD's values unless a family overrides them."""
 
     loss = staticmethod(epsilon_loss)
     default_steps: int | None = None  # training steps when not TeacherTrainConfig's
     text_length = MODEL_MAX_LENGTH  # the tokenizer's model_max_length: SD pipelines pad prompts to it
     extra_meta: dict = {}  # what the family needs in sfd_world.json to call the teacher as it was trained
+
+
+def _half_width_text_config(cfg: TeacherTrainConfig):
+    """A CLIP text encoder of half the SD teacher's width and one more layer (SDXL's and SD3's two encoders)."""
+    from transformers import CLIPTextConfig
+
+    from .tokenizer import VOCAB_SIZE
+
+    w = cfg.text_width // 2
+    return CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=w, intermediate_size=4 * w, num_hidden_layers=cfg.text_layers + 1,
+                          num_attention_heads=max(1, cfg.text_heads // 2), max_position_embeddings=77, bos_token_id=49406,
+                          eos_token_id=49407, pad_token_id=49407, projection_dim=w)
+
+
+class SDTeacherParts(_TeacherParts):
+    """The Stable Diffusion teacher of the world: one CLIP text encoder; dropped captions become "" for guidance."""
 
     def text_encoders(self, cfg: TeacherTrainConfig) -> list:
         return [build_text_encoder(cfg)]
@@ -532,32 +555,18 @@ class SDTeacherParts:
         return make_pipeline(vae, encoders[0], tokenizer, unet)
 
 
-class SDXLTeacherParts:
+class SDXLTeacherParts(_TeacherParts):
     """An SDXL-structured teacher of the same size: two CLIP text encoders of half the width (hidden states of
     the penultimate layer concatenated, so the UNet's cross-attention width is the SD teacher's), the second's
     projected pooled embedding and the size/crop time ids as `added_cond_kwargs` (addition_embed_type
     "text_time"), and dropped captions as zeros, as StableDiffusionXLPipeline's force_zeros_for_empty_prompt."""
 
-    loss = staticmethod(epsilon_loss)
-    default_steps: int | None = None
-    text_length = MODEL_MAX_LENGTH
-    extra_meta: dict = {}
     time_embed_dim = 8
-
-    def _text_config(self, cfg: TeacherTrainConfig):
-        from transformers import CLIPTextConfig
-
-        from .tokenizer import VOCAB_SIZE
-
-        w = cfg.text_width // 2
-        return CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=w, intermediate_size=4 * w, num_hidden_layers=cfg.text_layers + 1,
-                              num_attention_heads=max(1, cfg.text_heads // 2), max_position_embeddings=77, bos_token_id=49406,
-                              eos_token_id=49407, pad_token_id=49407, projection_dim=w)
 
     def text_encoders(self, cfg: TeacherTrainConfig) -> list:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        return [CLIPTextModel(self._text_config(cfg)), CLIPTextModelWithProjection(self._text_config(cfg))]
+        return [CLIPTextModel(_half_width_text_config(cfg)), CLIPTextModelWithProjection(_half_width_text_config(cfg))]
 
     def unet(self, cfg: TeacherTrainConfig, latent_channels: int):
         from diffusers import UNet2DConditionModel
@@ -589,7 +598,7 @@ class SDXLTeacherParts:
                                          scheduler=DPMSolverMultistepScheduler(**scheduler_config()), force_zeros_for_empty_prompt=True)
 
 
-class SD3TeacherParts:
+class SD3TeacherParts(_TeacherParts):
     """An SD3-structured teacher: a small `SD3Transformer2DModel` (MMDiT: joint attention of image and text tokens,
     adaLN from the timestep and pooled text) trained with the rectified-flow objective, so that the flow family's
     code (velocity networks, x0 = x_t - t v, FlowMatchEuler sampling) is proven on a trained model. CLIP-L and CLIP-G
@@ -613,13 +622,10 @@ class SD3TeacherParts:
     heads = 4
     head_dim = 32
 
-    def _text_config(self, cfg: TeacherTrainConfig):
-        return SDXLTeacherParts()._text_config(cfg)
-
     def text_encoders(self, cfg: TeacherTrainConfig) -> list:
         from transformers import CLIPTextModelWithProjection
 
-        return [CLIPTextModelWithProjection(self._text_config(cfg)), CLIPTextModelWithProjection(self._text_config(cfg))]
+        return [CLIPTextModelWithProjection(_half_width_text_config(cfg)), CLIPTextModelWithProjection(_half_width_text_config(cfg))]
 
     def unet(self, cfg: TeacherTrainConfig, latent_channels: int):
         from diffusers import SD3Transformer2DModel
