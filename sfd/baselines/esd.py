@@ -42,10 +42,10 @@ class ESDConfig:
     sampler_steps: int = 50  # the sampler x_t is drawn from
     start_guidance: float = 3.0
     seed: int = 0
-    # What ESD conditions on: "captions", the prompts naming the concept that SFD's erase uses (a world's captions:
-    # "a red circle", ...; what the recorded shapes results used), or "concept", the concept text alone, as the ESD
-    # scripts train (`--prompt 'Van Gogh'`).
-    prompts: str = "captions"
+    # What ESD conditions on: "concept", the concept text alone, as the ESD scripts train (`--prompt 'Van Gogh'`;
+    # the shapes preset's choice), or "captions", the prompts naming the concept that SFD's erase uses (a world's
+    # captions: "a red circle", ...; the first recorded shapes rows used these, and they push the shape away too).
+    prompts: str = "concept"
 
     def validate(self) -> "ESDConfig":
         for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("sampler_steps", self.sampler_steps)):
