@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds per base prompt")
     ap.add_argument("--max-prompts", type=int, default=10)
     ap.add_argument("--steps", type=int, default=RobustnessSettings.steps)
+    ap.add_argument("--sampler-steps", type=int, default=RobustnessSettings.sampler_steps,
+                    help="steps of the differentiable sampler that attacks multi-step models")
     ap.add_argument("--keep", help="folder for the erased models (reused when present); default a temporary folder")
     ap.add_argument("--out", default="benchmarks/results/robustness", help="folder of the per-concept tables")
     ap.add_argument("--json", default="benchmarks/results/robustness.json")
@@ -82,7 +84,7 @@ def main() -> None:
     summary = {"torch_threads": torch.get_num_threads(), "concepts": {}}
     for concept in a.concepts.split(","):
         cfg = RobustnessSettings(concept, attacks=tuple(a.attacks.split(",")), n_seeds=a.seeds, max_prompts=a.max_prompts,
-                                 steps=a.steps).validate()
+                                 steps=a.steps, sampler_steps=a.sampler_steps).validate()
         judge = factory.build(judge_spec(concept))
         scorer = factory.build(f"clip:{concept}")
         original = Victim(load_model(teacher, "original"), "original", role="original")

@@ -49,7 +49,8 @@ PUBLISHED_BUDGETS = {
 }
 # The weak defence of the controls: the concept guided away from at this scale (Victim.negative_guidance). The stock
 # negative prompt (the concept as the unconditional branch) leaves red at 100% on the shapes world, since the prompt
-# itself still names it; 7.5 brings red to 5% and circle to 30% (2 seeds x 24 prompts, the held-out judges).
+# itself still names it. Plain rates by scale, 2 / 3 / 5 / 7.5 / 10 / 15 (20 pairs, the held-out judges;
+# benchmarks/negative_guidance_scan.py): red 100 / 100 / 60 / 5 / 70 / 100%, circle 100 / 100 / 65 / 30 / 25 / 35%.
 NEGATIVE_GUIDANCE = 7.5
 PLACEHOLDER = "sks"  # one whole-word token of the CLIP vocabulary, replaced by the inverted embedding
 
