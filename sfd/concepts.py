@@ -19,6 +19,12 @@ from .tree import tree_cat, tree_len, tree_map, tree_where
 RANDOM = "random"
 
 
+def as_condition(encoded) -> dict:
+    """A family's encoding of prompts as the network's conditioning dict: a tensor of encoder_hidden_states (SD) is
+    wrapped, a dict (SDXL, SD3, FLUX) is returned as it is."""
+    return encoded if isinstance(encoded, dict) else {"encoder_hidden_states": encoded}
+
+
 @dataclass(frozen=True)
 class ConditionBatch:
     """`fake` and `teacher` conditions of n_retain retain samples followed by n_forget forget samples."""
@@ -167,8 +173,7 @@ class TextForgetSpec:
         """Embed every prompt once with the frozen text encoder(s); `encode_fn(list[str])` returns the UNet's
         conditioning of the prompts: a tensor (n, tokens, dim) of encoder_hidden_states, or a nested dict of them."""
         def enc(prompts):
-            out = encode_fn(prompts)
-            return out if isinstance(out, dict) else {"encoder_hidden_states": out}
+            return as_condition(encode_fn(prompts))
 
         retain = enc(list(self.retain_prompts))
         none = tree_map(lambda t: t[:0], retain)

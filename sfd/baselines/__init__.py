@@ -50,6 +50,7 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
     if override is None or str(override).strip().lower() == "random":
         raise SFDError(f"--method {method} needs an --override text: the concept the erased prompts are guided to"
                        + (" (UCE's guide concept)" if method == "uce" else " (recorded; ESD itself guides away from the concept)"))
+    from ..concepts import as_condition
     from ..models import world_meta
 
     conds = family.conditions(pipe, list(forget), override, retain_prompts=retain_prompts,  # the prompts SFD's erase uses
@@ -66,8 +67,7 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
             raise SFDError(f"--method {method} takes ESD settings")
         forget_cond = conds.forget
         if settings.prompts == "concept":  # the concept text alone, as the ESD scripts train
-            enc = family.encode(pipe, list(forget), device)
-            forget_cond = enc if isinstance(enc, dict) else {"encoder_hidden_states": enc}
+            forget_cond = as_condition(family.encode(pipe, list(forget), device))
         record = train_esd(denoiser, forget_cond, conds.empty, shape, method.split("-")[1], settings, device, progress)
     seconds = time.perf_counter() - t0
     concepts = conds.describe()

@@ -781,6 +781,7 @@ def time_components(pipe, batch: int = 64, num_inference_steps: int = DEFAULT_NU
             times.append(time.perf_counter() - t0)
         return min(times)
 
+    from ..concepts import as_condition
     from ..families import family_of_pipeline
     from ..tree import tree_cat
 
@@ -788,8 +789,7 @@ def time_components(pipe, batch: int = 64, num_inference_steps: int = DEFAULT_NU
     prompts = [caption(i % len(COLOURS), i % len(SHAPES)) for i in range(batch)]
 
     def encode():
-        cond = family.encode(pipe, prompts)
-        return cond if isinstance(cond, dict) else {"encoder_hidden_states": cond}
+        return as_condition(family.encode(pipe, prompts))
 
     cond = encode()
     den = family.teacher_denoiser(pipe)  # the network as SFD calls it (UNet or transformer), at a mid noise level
