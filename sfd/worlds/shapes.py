@@ -613,7 +613,7 @@ class SD3TeacherParts(_TeacherParts):
     loss = staticmethod(flow_loss)
     # 1,500 steps of batch 64: evaluated every 250 steps with 8 images per prompt, the worst prompt's shape rate reached
     # 62.5% at 1,500 and stayed there to 2,000 (colour 100% from 500 on). The 1,500-step teacher: colour min 100%, shape
-    # min 69% at 32 images per prompt; 0.76 s/step on 2 threads, 18.9 min (BENCHMARKS.md, issue 17).
+    # min 69% at 32 images per prompt; 0.65-0.76 s/step on 2 threads, 19.0-22.0 min whole (BENCHMARKS.md, issue 17).
     default_steps = 1500
     text_length = 20  # CLIP tokens: the world's captions are <= 9 tokens with BOS/EOS
     max_sequence_length = 4  # the T5 slot's zero tokens
