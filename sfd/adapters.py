@@ -49,8 +49,9 @@ def tuner_layers(unet: nn.Module) -> list[nn.Module]:
 
 
 def adapter_parameters(unet: nn.Module, name: str) -> list[torch.nn.Parameter]:
-    """The parameters of adapter `name` (its LoRA A and B matrices), in a fixed order."""
-    return [p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n]
+    """The parameters of adapter `name` (its LoRA A and B matrices), in a fixed order. Linear and conv layers name
+    them `...lora_A.<name>.weight`; embedding layers keep them in a ParameterDict, `...lora_embedding_A.<name>`."""
+    return [p for n, p in unet.named_parameters() if "lora_" in n and (f".{name}." in n or n.endswith(f".{name}"))]
 
 
 def adapter_state(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:
@@ -78,6 +79,25 @@ class AdapterSwitch:
         self.layers = tuner_layers(unet)
         self.active: str | None = None
         self.trainable: dict[str, bool] = {}
+        self._parameters: dict[str, list[torch.nn.Parameter]] = {}
+        self._state_keys: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
+
+    def parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """`adapter_parameters(unet, name)`, found once: the roles ask for them several times an iteration, and a
+        scan of the UNet's parameter names costs as much as a small network's forward pass."""
+        if name not in self._parameters:
+            self._parameters[name] = adapter_parameters(self.unet, name)
+        return self._parameters[name]
+
+    def state(self, name: str) -> dict[str, torch.Tensor]:
+        """`adapter_state(unet, name)` (peft's keys), from parameters mapped to peft's keys once."""
+        if name not in self._state_keys:
+            state = adapter_state(self.unet, name)
+            by_storage = {p.data_ptr(): p for p in self.parameters(name)}
+            if len(by_storage) != len(state) or any(v.data_ptr() not in by_storage for v in state.values()):
+                raise RuntimeError(f"adapter {name!r}: peft's state dict does not map one to one onto its parameters")
+            self._state_keys[name] = [(k, by_storage[v.data_ptr()]) for k, v in state.items()]
+        return {k: p.detach() for k, p in self._state_keys[name]}
 
     def activate(self, name: str | None) -> None:
         """Adapter `name` on (None: all adapters off, the base network)."""
@@ -98,7 +118,7 @@ class AdapterSwitch:
 
     def apply_trainability(self) -> None:
         for name, trainable in self.trainable.items():
-            for p in adapter_parameters(self.unet, name):
+            for p in self.parameters(name):
                 p.requires_grad_(trainable)
 
     @contextlib.contextmanager

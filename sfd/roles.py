@@ -160,10 +160,10 @@ class LoraRoles:
 
     # ------------------------------------------------------------------------------------ training
     def generator_parameters(self) -> list[torch.Tensor]:
-        return adapters.adapter_parameters(self.gen_unet, GENERATOR_ADAPTER)
+        return self.gen_switch.parameters(GENERATOR_ADAPTER)
 
     def fake_parameters(self) -> list[torch.Tensor]:
-        return adapters.adapter_parameters(self.unet, FAKE_ADAPTER)
+        return self.switch.parameters(FAKE_ADAPTER)
 
     def set_trainable(self, generator: bool, fake: bool) -> None:
         self.gen_switch.trainable[GENERATOR_ADAPTER] = generator
@@ -178,10 +178,10 @@ class LoraRoles:
 
     # --------------------------------------------------------------------------------------- state
     def generator_state(self) -> dict[str, torch.Tensor]:
-        return adapters.adapter_state(self.gen_unet, GENERATOR_ADAPTER)
+        return self.gen_switch.state(GENERATOR_ADAPTER)
 
     def fake_state(self) -> dict[str, torch.Tensor]:
-        return adapters.adapter_state(self.unet, FAKE_ADAPTER)
+        return self.switch.state(FAKE_ADAPTER)
 
     def load_generator_state(self, state: dict[str, torch.Tensor]) -> None:
         adapters.load_adapter_state(self.gen_unet, GENERATOR_ADAPTER, state)

@@ -79,6 +79,22 @@ def test_teacher_role_equals_the_original_network_exactly(kind):
         assert not torch.equal(roles.fake(x, sigma, cond), original(x, sigma, cond))
 
 
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_the_trained_parameters_are_every_weight_of_the_adapter(kind):
+    """The optimizer, the trainability switches and the state the EMA averages cover the same tensors, embedding
+    adapters included (peft names those `...lora_embedding_A.<adapter>`, without a trailing `.weight`)."""
+    teacher, targets = (class_teacher(), CLASS_TARGETS) if kind == "class" else (sd_teacher()[1], SD_TARGETS)
+    roles = LoraRoles(teacher, OneStepConvention(440), rank=4, targets=targets)
+    for params, state in ((roles.generator_parameters(), roles.generator_state()), (roles.fake_parameters(), roles.fake_state())):
+        assert {p.data_ptr() for p in params} == {v.data_ptr() for v in state.values()}
+        assert len(params) == len(state)
+    if kind == "class":
+        assert any("lora_embedding" in k for k in roles.generator_state())
+    roles.set_trainable(generator=True, fake=False)
+    assert all(p.requires_grad for p in roles.generator_parameters())
+    assert not any(p.requires_grad for p in roles.fake_parameters())
+
+
 def test_each_adapter_gets_the_gradient_of_its_own_loss_only():
     """Gradients on the shared UNet equal those of three separate networks with the same weights."""
     sd, teacher = sd_teacher()
