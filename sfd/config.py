@@ -134,7 +134,8 @@ CLASS_DISTILL_PRESET = CLASS_PRESET.replace(steps=540, batch_retain=32, batch_fo
 # forgets within the shorter budget. Fake score from stage 1: retained FD 1.24x on average (worst 1.40x) over
 # classes 1, 4, 6 and seeds 0-2, against 1.32x (1.48x) from the teacher's.
 # In LoRA mode (--lora) the rates are 25x: erasing 1 at 1x left 19% of it (retained FD 2.06x), at 4x / 10x / 25x
-# 0% with FD 1.49x / 1.40x / 1.24x (rank 16; rank 4 was no faster and no better).
+# 0% with FD 1.49x / 1.40x / 1.24x (rank 16; rank 4 was no faster and no better; measured with every convolution
+# targeted, before the family targets narrowed and the class embedding's adapter was trained, BENCHMARKS.md).
 CLASS_STAGE2_PRESET = CLASS_PRESET.replace(steps=100, lr_generator=7.5e-5, lr_fake=2.5e-4, lambda_gen_forget=3.0, fake_score_init="base",
                                            lora_lr_scale=25.0)
 
