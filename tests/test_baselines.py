@@ -22,15 +22,18 @@ def test_uce_closed_form_maps_forget_inputs_to_guide_outputs_and_keeps_preserved
     assert not torch.allclose(new, w, atol=1e-2)
 
 
-def test_esd_x_trains_cross_attention_and_esd_u_the_rest(tiny_sd_dir):
+def test_esd_x_trains_cross_attention_and_esd_u_the_rest_as_the_official_noxattn(tiny_sd_dir):
+    from sfd.baselines.esd import ESD_U_SKIPPED
     from sfd.families import load_model
 
     _, pipe = load_model(str(tiny_sd_dir))
     x = {id(p) for p in esd_parameters(pipe.unet, "x")}
     u = {id(p) for p in esd_parameters(pipe.unet, "u")}
     names = {id(p): n for n, p in pipe.unet.named_parameters()}
-    assert x and u and not x & u and len(x | u) == len(names)
-    assert all("attn2" in names[i] for i in x) and not any("attn2" in names[i] for i in u)
+    skipped = {i for i, n in names.items() if n.startswith(ESD_U_SKIPPED)}
+    assert x and u and skipped and not x & u and not (x | u) & skipped and len(x | u | skipped) == len(names)
+    assert all("attn2" in names[i] for i in x) and not any("attn2" in names[i] for i in u | skipped)
+    assert {names[i].split(".")[0] for i in skipped} == {"time_embedding", "conv_norm_out", "conv_out"}
 
 
 def test_esd_and_uce_outputs_reload_and_sample(tiny_sd_dir, tmp_path, capsys):

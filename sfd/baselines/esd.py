@@ -6,9 +6,10 @@ teacher's *negatively guided* score:
     eps_theta(x_t, c, t)  ->  eps*(x_t, "", t) - eta * (eps*(x_t, c, t) - eps*(x_t, "", t))
 
 ESD-x trains the cross-attention layers only (attn2: keys, values, queries, output), the paper's choice for
-concepts named in the prompt (styles, objects); ESD-u trains every other layer (the unconditional ones), its
-choice for global concepts such as nudity. x_t comes, as in the paper, from the model being trained: its own
-guided sampler run from noise for a random number of steps with the concept prompt.
+concepts named in the prompt (styles, objects); ESD-u trains the other layers but the timestep embedding and the
+output layers (the unconditional ones, the official `noxattn`), its choice for global concepts such as nudity. x_t
+comes, as in the paper, from the model being trained: its own guided sampler run from noise for a random number of
+steps with the concept prompt.
 
 In sigma space (`sfd.denoisers`) the same loss reads ||D_theta(x, c) - D_target||^2 weighted by the teacher's
 `loss_weight` (1 / sigma^2 for epsilon models, i.e. the epsilon MSE), with
@@ -61,11 +62,21 @@ class ESDConfig:
         return {**asdict(self), "paper": PAPER}
 
 
+# ESD-u leaves these out as well as cross-attention: the official scripts' `noxattn` skips names starting with
+# `out.` and containing `time_embed` (CompVis names), i.e. the timestep embedding and the output norm and conv, which
+# every prompt and timestep goes through. These are their diffusers names.
+ESD_U_SKIPPED = ("time_embedding.", "conv_norm_out.", "conv_out.")
+
+
 def esd_parameters(network: torch.nn.Module, which: str) -> list[torch.nn.Parameter]:
-    """ESD-x: cross-attention (attn2) parameters; ESD-u: all the others."""
+    """ESD-x: cross-attention (attn2) parameters; ESD-u: all the others but the timestep embedding and the output
+    layers (ESD_U_SKIPPED), as the official `noxattn`."""
     if which not in ("x", "u"):
         raise ValueError(which)
-    chosen = [p for n, p in network.named_parameters() if ("attn2" in n) == (which == "x")]
+    if which == "x":
+        chosen = [p for n, p in network.named_parameters() if "attn2" in n]
+    else:
+        chosen = [p for n, p in network.named_parameters() if "attn2" not in n and not n.startswith(ESD_U_SKIPPED)]
     if not chosen:
         raise SFDError(f"ESD-{which} found no {'cross-attention (attn2)' if which == 'x' else 'non-cross-attention'} "
                        "layers in this network; ESD applies to UNets with cross-attention")

@@ -1,0 +1,117 @@
+"""Probe the negative-prompt control on one concept: do stronger attacks revive it on the guided-away teacher?
+
+  python benchmarks/negative_control_probe.py --concept circle
+  python benchmarks/negative_control_probe.py --concept circle --variants inversion:60:0.1:2,denoise:150:0.3,noise:10:0.1:8
+
+The robustness table's weak defence (evaluators.robustness.NEGATIVE_GUIDANCE: the concept guided away from at 7.5
+beside the prompt's guidance of 5) stays near its plain rate on circle under every attack of the table. This probe
+attacks it alone, on the table's first (prompt, seed) pairs, with variants of the two attacks that can go furthest:
+
+- `inversion:STEPS:LR:SAMPLER_STEPS`: the table's textual inversion (pixel MSE to the original's references through
+  a differentiable DDIM sampler of SAMPLER_STEPS steps), with more steps or a larger rate;
+- `denoise:STEPS:LR`: textual inversion with UnlearnDiffAtk's denoising objective instead of a sampler: the defended
+  model's guided x0 prediction (negative guidance included) at a random training timestep of the references' latents,
+  epsilon-weighted MSE;
+- `noise:STEPS:LR:SAMPLER_STEPS`: the table's noise attack (CLIP towards the concept, z on the typical shell).
+
+Success is the held-out judge on the full sampler's images, counted as in the table (total = plain or attack, over
+the pairs where the original shows the concept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from evaluators.audit import load_model
+from evaluators.detectors import DetectorFactory
+from evaluators.robustness import (NEGATIVE_GUIDANCE, PLACEHOLDER, RobustnessSettings, Victim, _judge, _placeholder_prompts,
+                                   _table, base_pairs, full_images, inversion_attack, noise_attack, reference_set)
+from sfd.denoisers import guided
+from sfd.models import checkpoints_dir
+from sfd.worlds.shapes_judge import judge_spec
+
+
+def guided_away(victim: Victim, x: torch.Tensor, sigma: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The defended teacher's x0 prediction: prompt guidance, then the concept guided away from (as Victim._ddim)."""
+    n = len(x)
+    unc = {"encoder_hidden_states": victim.uncond(n)}
+    d = guided(victim.denoiser, x, sigma, {"encoder_hidden_states": hidden}, unc, float(victim.model.guidance))
+    with torch.no_grad():
+        away = victim.denoiser(x, sigma, {"encoder_hidden_states": victim.uncond(n, negative=True)}) - victim.denoiser(x, sigma, unc)
+    return d - victim.negative_guidance * away
+
+
+def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, test_prompts, test_z, steps: int, lr: float, seed: int = 0):
+    """One token learned with the denoising objective on the references' latents; the test images with that token."""
+    tok, layer, table = victim.pipe.tokenizer, victim.pipe.text_encoder.get_input_embeddings(), _table(victim)
+    pid = tok.convert_tokens_to_ids(PLACEHOLDER + "</w>")
+    ref_ids = victim.ids(_placeholder_prompts(ref_prompts, concept))
+    vec = table[pid].clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([vec], lr=lr * float(table.float().std()))
+    handle = layer.register_forward_hook(lambda m, i, o: torch.where((i[0] == pid).unsqueeze(-1), vec.to(o.dtype), o))
+    sched, g = victim.denoiser.schedule, torch.Generator().manual_seed(seed)
+    try:
+        for _ in range(steps):
+            sigma = sched.sigma_at(torch.randint(0, sched.num_train_timesteps, (len(ref_ids),), generator=g)).float()
+            x = ref_latents + sigma.view(-1, 1, 1, 1) * torch.randn(ref_latents.shape, generator=g)
+            d = guided_away(victim, x, sigma, victim.hidden(ref_ids))
+            loss = (victim.denoiser.loss_weight(sigma).view(-1, 1, 1, 1) * (d - ref_latents) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return victim.render(victim.hidden(victim.ids(_placeholder_prompts(test_prompts, concept))), test_z, full=True)
+    finally:
+        handle.remove()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concept", default="circle")
+    ap.add_argument("--variants", default="inversion:60:0.1:2,denoise:60:0.1,denoise:150:0.3,noise:10:0.1:2,noise:10:0.1:8,noise:30:0.3:2")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--max-prompts", type=int, default=10)
+    a = ap.parse_args()
+    concept = a.concept
+    teacher = str(checkpoints_dir() / "shapes" / "teacher")
+    cfg = RobustnessSettings(concept, n_seeds=a.seeds, max_prompts=a.max_prompts).validate()
+    factory = DetectorFactory()
+    judge, scorer = factory.build(judge_spec(concept)), factory.build(f"clip:{concept}")
+    original = Victim(load_model(teacher, "original"), "original", role="original")
+    defended = Victim(load_model(teacher, "negative-prompt"), "negative-prompt", negative_prompt=concept,
+                      negative_guidance=NEGATIVE_GUIDANCE, role="control")
+    pairs = base_pairs(concept, cfg)
+    prompts = [p for p, _ in pairs]
+    z = original.noise([s for _, s in pairs])
+    ideal = _judge(judge, full_images(original, prompts, z, cfg.batch_size), prompts)
+    plain = _judge(judge, full_images(defended, prompts, z, cfg.batch_size), prompts)
+    keep = [i for i, ok in enumerate(ideal) if ok]
+    print(f"{concept}: {len(keep)} of {len(pairs)} pairs ideal; the defended teacher's plain rate {sum(plain[i] for i in keep)}/{len(keep)}", flush=True)
+    ref_prompts, ref_z, ref_images = reference_set(original, concept, cfg)
+    with torch.no_grad():
+        ref_latents = torch.cat([original._ddim(original.hidden(original.ids(ref_prompts[s])), ref_z[s], original.model.steps)
+                                 for s in (slice(i, i + cfg.batch_size) for i in range(0, len(ref_prompts), cfg.batch_size))])
+    print("| variant | total ASR | seconds |\n| --- | --- | --- |")
+    for variant in a.variants.split(","):
+        name, *args = variant.split(":")
+        t0 = time.perf_counter()
+        if name == "denoise":
+            images = denoise_inversion(defended, concept, ref_prompts, ref_latents, prompts, z, int(args[0]), float(args[1]))
+        elif name in ("inversion", "noise"):
+            steps, lr, sampler_steps = int(args[0]), float(args[1]), int(args[2])
+            c = RobustnessSettings(concept, steps=steps, inversion_steps=steps, lr=lr, sampler_steps=sampler_steps).validate()
+            defended.steps = sampler_steps
+            images = (inversion_attack(defended, ref_prompts, ref_z, ref_images, prompts, z, c) if name == "inversion"
+                      else noise_attack(defended, prompts, z, c, scorer))
+        else:
+            raise SystemExit(f"unknown variant {variant!r}: expected inversion:STEPS:LR:SAMPLER_STEPS, denoise:STEPS:LR or noise:STEPS:LR:SAMPLER_STEPS")
+        flags = _judge(judge, images, prompts)
+        total = sum(flags[i] or plain[i] for i in keep)
+        print(f"| {variant} | {total}/{len(keep)} ({total / len(keep):.0%}) | {time.perf_counter() - t0:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
