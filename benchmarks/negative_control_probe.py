@@ -29,19 +29,8 @@ from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory
 from evaluators.robustness import (NEGATIVE_GUIDANCE, PLACEHOLDER, RobustnessSettings, Victim, _judge, _placeholder_prompts,
                                    _table, base_pairs, full_images, inversion_attack, noise_attack, reference_set)
-from sfd.denoisers import guided
 from sfd.models import checkpoints_dir
 from sfd.worlds.shapes_judge import judge_spec
-
-
-def guided_away(victim: Victim, x: torch.Tensor, sigma: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """The defended teacher's x0 prediction: prompt guidance, then the concept guided away from (as Victim._ddim)."""
-    n = len(x)
-    unc = {"encoder_hidden_states": victim.uncond(n)}
-    d = guided(victim.denoiser, x, sigma, {"encoder_hidden_states": hidden}, unc, float(victim.model.guidance))
-    with torch.no_grad():
-        away = victim.denoiser(x, sigma, {"encoder_hidden_states": victim.uncond(n, negative=True)}) - victim.denoiser(x, sigma, unc)
-    return d - victim.negative_guidance * away
 
 
 def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, test_prompts, test_z, steps: int, lr: float, seed: int = 0):
@@ -57,7 +46,7 @@ def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, te
         for _ in range(steps):
             sigma = sched.sigma_at(torch.randint(0, sched.num_train_timesteps, (len(ref_ids),), generator=g)).float()
             x = ref_latents + sigma.view(-1, 1, 1, 1) * torch.randn(ref_latents.shape, generator=g)
-            d = guided_away(victim, x, sigma, victim.hidden(ref_ids))
+            d = victim.x0(x, sigma, victim.hidden(ref_ids))
             loss = (victim.denoiser.loss_weight(sigma).view(-1, 1, 1, 1) * (d - ref_latents) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

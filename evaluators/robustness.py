@@ -151,20 +151,26 @@ class Victim:
         return decode_latents(self.pipe.vae, x0)
 
     def _ddim(self, hidden: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
-        from sfd.denoisers import guided
-
         sched = self.denoiser.schedule
         ts = torch.linspace(sched.num_train_timesteps - 1, 0, steps + 1)[:-1].round().long()
         sigmas = torch.cat([sched.sigma_at(ts), torch.zeros(1)]).to(z.device)
         x = z * (1 + sigmas[0] ** 2).sqrt()
-        cond, unc = {"encoder_hidden_states": hidden}, {"encoder_hidden_states": self.uncond(len(z))}
         d = x
-        away = {"encoder_hidden_states": self.uncond(len(z), negative=True)} if self.negative_guidance > 0 else None
         for i in range(steps):
-            d = guided(self.denoiser, x, sigmas[i], cond, unc, float(self.model.guidance))
-            if away is not None:
-                d = d - self.negative_guidance * (self.denoiser(x, sigmas[i], away) - self.denoiser(x, sigmas[i], unc))
+            d = self.x0(x, sigmas[i], hidden)
             x = d + (sigmas[i + 1] / sigmas[i]) * (x - d)
+        return d
+
+    def x0(self, x: torch.Tensor, sigma: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The multi-step model's guided x0 prediction for prompt embeddings `hidden` (the negative prompt guided away
+        from when negative_guidance > 0)."""
+        from sfd.denoisers import guided
+
+        unc = {"encoder_hidden_states": self.uncond(len(x))}
+        d = guided(self.denoiser, x, sigma, {"encoder_hidden_states": hidden}, unc, float(self.model.guidance))
+        if self.negative_guidance > 0:
+            away = {"encoder_hidden_states": self.uncond(len(x), negative=True)}
+            d = d - self.negative_guidance * (self.denoiser(x, sigma, away) - self.denoiser(x, sigma, unc))
         return d
 
 
