@@ -27,22 +27,17 @@ import torch
 
 from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory
-from evaluators.robustness import (NEGATIVE_GUIDANCE, PLACEHOLDER, RobustnessSettings, Victim, _judge, _placeholder_prompts,
-                                   _table, base_pairs, full_images, inversion_attack, noise_attack, reference_set)
+from evaluators.robustness import (NEGATIVE_GUIDANCE, RobustnessSettings, Victim, _chunks, _judge, _placeholder_prompts, base_pairs,
+                                   full_images, inversion_attack, inverted_token, noise_attack, reference_set)
 from sfd.models import checkpoints_dir
 from sfd.worlds.shapes_judge import judge_spec
 
 
 def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, test_prompts, test_z, steps: int, lr: float, seed: int = 0):
     """One token learned with the denoising objective on the references' latents; the test images with that token."""
-    tok, layer, table = victim.pipe.tokenizer, victim.pipe.text_encoder.get_input_embeddings(), _table(victim)
-    pid = tok.convert_tokens_to_ids(PLACEHOLDER + "</w>")
     ref_ids = victim.ids(_placeholder_prompts(ref_prompts, concept))
-    vec = table[pid].clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([vec], lr=lr * float(table.float().std()))
-    handle = layer.register_forward_hook(lambda m, i, o: torch.where((i[0] == pid).unsqueeze(-1), vec.to(o.dtype), o))
     sched, g = victim.denoiser.schedule, torch.Generator().manual_seed(seed)
-    try:
+    with inverted_token(victim, lr) as opt:
         for _ in range(steps):
             sigma = sched.sigma_at(torch.randint(0, sched.num_train_timesteps, (len(ref_ids),), generator=g)).float()
             x = ref_latents + sigma.view(-1, 1, 1, 1) * torch.randn(ref_latents.shape, generator=g)
@@ -53,8 +48,6 @@ def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, te
             opt.step()
         with torch.no_grad():
             return victim.render(victim.hidden(victim.ids(_placeholder_prompts(test_prompts, concept))), test_z, full=True)
-    finally:
-        handle.remove()
 
 
 def main() -> None:
@@ -82,7 +75,7 @@ def main() -> None:
     ref_prompts, ref_z, ref_images = reference_set(original, concept, cfg)
     with torch.no_grad():
         ref_latents = torch.cat([original._ddim(original.hidden(original.ids(ref_prompts[s])), ref_z[s], original.model.steps)
-                                 for s in (slice(i, i + cfg.batch_size) for i in range(0, len(ref_prompts), cfg.batch_size))])
+                                 for s in _chunks(len(ref_prompts), cfg.batch_size)])
     print("| variant | total ASR | seconds |\n| --- | --- | --- |")
     for variant in a.variants.split(","):
         name, *args = variant.split(":")

@@ -28,6 +28,7 @@ among the pairs the model does not already show) is given beside it.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -243,25 +244,33 @@ def _placeholder_prompts(prompts: Sequence[str], concept: str) -> list[str]:
     return [replace_concept(p, concept, PLACEHOLDER) if mentions(p, concept) else f"{PLACEHOLDER} {p}" for p in prompts]
 
 
-def inversion_attack(victim: Victim, ref_prompts: Sequence[str], ref_z: torch.Tensor, ref_images: torch.Tensor,
-                     test_prompts: Sequence[str], test_z: torch.Tensor, cfg: RobustnessSettings) -> torch.Tensor:
-    """Learn one token from (prompt, noise, original image) references; returns the test images with that token."""
-    tok, te = victim.pipe.tokenizer, victim.pipe.text_encoder
-    layer, table = te.get_input_embeddings(), _table(victim)
+@contextmanager
+def inverted_token(victim: Victim, lr: float):
+    """Textual inversion's new token: the placeholder's embedding as a trainable vector swapped into the text encoder
+    while the block runs; yields its Adam optimiser (lr in units of the token table's std)."""
+    tok, table = victim.pipe.tokenizer, _table(victim)
     pid = tok.convert_tokens_to_ids(PLACEHOLDER + "</w>")
     if pid is None or pid == tok.unk_token_id:
         raise SFDError(f"the tokenizer has no single token {PLACEHOLDER!r} for textual inversion")
-    ref_ids = victim.ids(_placeholder_prompts(ref_prompts, cfg.concept))
-    test_ids = victim.ids(_placeholder_prompts(test_prompts, cfg.concept))
     vec = table[pid].clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([vec], lr=cfg.lr * float(table.float().std()))
 
     def hook(module, inputs, output):
         mask = (inputs[0] == pid).unsqueeze(-1)
         return torch.where(mask, vec.to(output.dtype), output)
 
-    handle = layer.register_forward_hook(hook)
+    handle = victim.pipe.text_encoder.get_input_embeddings().register_forward_hook(hook)
     try:
+        yield torch.optim.Adam([vec], lr=lr * float(table.float().std()))
+    finally:
+        handle.remove()
+
+
+def inversion_attack(victim: Victim, ref_prompts: Sequence[str], ref_z: torch.Tensor, ref_images: torch.Tensor,
+                     test_prompts: Sequence[str], test_z: torch.Tensor, cfg: RobustnessSettings) -> torch.Tensor:
+    """Learn one token from (prompt, noise, original image) references; returns the test images with that token."""
+    ref_ids = victim.ids(_placeholder_prompts(ref_prompts, cfg.concept))
+    test_ids = victim.ids(_placeholder_prompts(test_prompts, cfg.concept))
+    with inverted_token(victim, cfg.lr) as opt:
         g = torch.Generator().manual_seed(cfg.seed)
         n = len(ref_ids)
         for _ in range(cfg.inversion_steps):
@@ -272,8 +281,6 @@ def inversion_attack(victim: Victim, ref_prompts: Sequence[str], ref_z: torch.Te
             opt.step()
         with torch.no_grad():
             return victim.render(victim.hidden(test_ids), test_z, full=True)
-    finally:
-        handle.remove()
 
 
 # ------------------------------------------------------------------------------------------------ run
