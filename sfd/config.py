@@ -235,8 +235,8 @@ def world_baseline_presets() -> dict:
     # 0.87x); 7.5e-4 for 200: red 13.5%, circle 15.0% (0.87x, colour 0.94x). ESD-u (the official `noxattn` layers:
     # no cross-attention, timestep embedding or output layers) has no such point either: in 200 iterations red 47% at
     # 4e-4 (retained >= 0.95x), 20% at 6e-4 (retained colour 0.67x); circle 48% (shape 0.84x) and 20% (shape 0.61x);
-    # 600 iterations at 2e-4 or 400 at 3e-4 stop at 51-57% on red. It takes 6e-4, which erases both to <= 20%: a
-    # baseline that leaves half the concept would make its attack rates say little.
+    # 600 iterations at 2e-4 or 400 at 3e-4 stop at 51-57% on red, the paper's 1,000 at 2e-4 at 67% (circle 50%).
+    # It takes 6e-4, which erases both to <= 20%: a baseline that leaves half the concept would make its attack rates say little.
     # On the captions ("a red circle", ...) 3e-4 left red at 20% (ESD-x) but retained shape at 0.37x.
     esd_x = ESDConfig(steps=300, lr=6e-4, batch_size=4, sampler_steps=20, start_guidance=5.0, prompts="concept")
     esd_u = replace(esd_x, steps=200, lr=6e-4)
