@@ -4,7 +4,8 @@ resume after SIGKILL.
     python benchmarks/audit_scale_bench.py                     # everything below, JSON to benchmarks/results/audit_scale.json
     python benchmarks/audit_scale_bench.py --only throughput   # or: memory, resume
 
-- throughput: the same audit (the bundled 20-step shapes teacher, --images prompts x 1 image, detector clip:red) in
+- throughput: the same audit (the bundled 20-step shapes teacher, --images prompts x 1 image, detector clip:red; by
+  default 1,000 and I2P's 4,703 prompts, about 13 minutes) in
   1 process and in 2 processes (`accelerate launch`, gloo), 1 torch thread each; images per second from the wall time
   of the whole command (start-up included) and from the audit's own clock (models loaded, reports written). The
   sharded report must equal the one-process one (same records, rates and intervals): checked here too.
@@ -68,17 +69,22 @@ def comparable(out: Path) -> dict:
 
 
 def throughput(work: Path, n: int) -> dict:
-    prompts = prompt_file(work / "throughput.txt", n)
+    prompts = prompt_file(work / f"throughput-{n}.txt", n)
     row = {"model": str(TEACHER.relative_to(ROOT)), "images": n}
     reports = {}
     for p in (1, 2):
-        out = work / f"throughput-{p}"
+        out = work / f"throughput-{n}-{p}"
         wall = run(launch(audit_args(TEACHER, prompts, out), p))
         reports[p], timings = comparable(out)
+        ranks = [next(iter(r.values())) for r in timings.get("per_rank", [])] or [next(iter(timings.values()))]
         row[f"{p}_process"] = {"wall_seconds": wall, "images_per_second_wall": n / wall,
-                               "audit_seconds": timings["total_seconds"], "images_per_second_audit": n / timings["total_seconds"]}
+                               "audit_seconds": timings["total_seconds"], "images_per_second_audit": n / timings["total_seconds"],
+                               # each rank's own generation + detection time per image: how much the processes slow each other
+                               "seconds_per_image_per_rank": [r["seconds_per_image"] for r in ranks],
+                               "images_per_rank": [r["generated"] for r in ranks]}
         print(f"{p} process(es): {wall:.1f} s wall ({n / wall:.2f} images/s), {timings['total_seconds']:.1f} s in the audit "
-              f"({n / timings['total_seconds']:.2f} images/s)", flush=True)
+              f"({n / timings['total_seconds']:.2f} images/s); per rank {[round(r['seconds_per_image'], 4) for r in ranks]} s "
+              f"per image for {[r['generated'] for r in ranks]} images", flush=True)
     row["speedup_wall"] = row["1_process"]["wall_seconds"] / row["2_process"]["wall_seconds"]
     row["speedup_audit"] = row["1_process"]["audit_seconds"] / row["2_process"]["audit_seconds"]
     row["sharded_equals_one_process"] = reports[1] == reports[2]
@@ -138,7 +144,8 @@ def resume(work: Path, n: int, kill_after: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["throughput", "memory", "resume"])
-    ap.add_argument("--images", type=int, default=1000, help="throughput: prompts (1 image each) of the 20-step teacher")
+    ap.add_argument("--images", default="1000,4703", help="throughput: prompts (1 image each) of the 20-step teacher, one "
+                    "measurement per size (4703: I2P's prompt count)")
     ap.add_argument("--sizes", default="500,5000", help="memory: prompt counts")
     ap.add_argument("--kill-after", type=float, default=25.0, help="resume: seconds before the SIGKILL")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/audit_scale.json"))
@@ -146,7 +153,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sfd-audit-scale-"))
     report = json.loads(Path(a.json).read_text()) if a.only and Path(a.json).is_file() else {}
     if a.only in (None, "throughput"):
-        report["throughput"] = throughput(work, a.images)
+        rows = [throughput(work, int(n)) for n in str(a.images).split(",")]
+        report["throughput"] = rows[0] if len(rows) == 1 else rows
     if a.only in (None, "memory"):
         report["memory"] = memory(work, [int(s) for s in a.sizes.split(",")])
     if a.only in (None, "resume"):
