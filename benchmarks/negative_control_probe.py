@@ -12,7 +12,10 @@ attacks it alone, on the table's first (prompt, seed) pairs, with variants of th
 - `denoise:STEPS:LR`: textual inversion with UnlearnDiffAtk's denoising objective instead of a sampler: the defended
   model's guided x0 prediction (negative guidance included) at a random training timestep of the references' latents,
   epsilon-weighted MSE;
-- `noise:STEPS:LR:SAMPLER_STEPS`: the table's noise attack (CLIP towards the concept, z on the typical shell).
+- `noise:STEPS:LR:SAMPLER_STEPS`: the table's noise attack (CLIP towards the concept, z on the typical shell);
+- `hidden:STEPS:LR:SAMPLER_STEPS`: the text encoder's output itself optimised per pair (CLIP towards the concept),
+  from the prompt's, with no norm bound: the most an attacker who feeds the UNet its own conditioning can do. The
+  table's soft prompt stays in token-embedding space, behind the encoder's final layer norm.
 
 Success is the held-out judge on the full sampler's images, counted as in the table (total = plain or attack, over
 the pairs where the original shows the concept).
@@ -50,6 +53,23 @@ def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, te
             return victim.render(victim.hidden(victim.ids(_placeholder_prompts(test_prompts, concept))), test_z, full=True)
 
 
+def hidden_attack(victim: Victim, prompts, z, scorer, steps: int, lr: float):
+    """The conditioning (text-encoder output) optimised directly per pair; lr in units of its std."""
+    from evaluators.robustness import _score_loss
+
+    with torch.no_grad():
+        start = victim.hidden(victim.ids(prompts))
+    h = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([h], lr=lr * float(start.std()))
+    for _ in range(steps):
+        loss = _score_loss(scorer, victim.render(h, z))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return victim.render(h.detach(), z, full=True), float((h - start).norm() / start.norm())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", default="circle")
@@ -82,6 +102,10 @@ def main() -> None:
         t0 = time.perf_counter()
         if name == "denoise":
             images = denoise_inversion(defended, concept, ref_prompts, ref_latents, prompts, z, int(args[0]), float(args[1]))
+        elif name == "hidden":
+            defended.steps = int(args[2])
+            images, moved = hidden_attack(defended, prompts, z, scorer, int(args[0]), float(args[1]))
+            print(f"  ({variant}: the conditioning moved by {moved:.2f}x its norm)", flush=True)
         elif name in ("inversion", "noise"):
             steps, lr, sampler_steps = int(args[0]), float(args[1]), int(args[2])
             c = RobustnessSettings(concept, steps=steps, inversion_steps=steps, lr=lr, sampler_steps=sampler_steps).validate()
@@ -89,7 +113,8 @@ def main() -> None:
             images = (inversion_attack(defended, ref_prompts, ref_z, ref_images, prompts, z, c) if name == "inversion"
                       else noise_attack(defended, prompts, z, c, scorer))
         else:
-            raise SystemExit(f"unknown variant {variant!r}: expected inversion:STEPS:LR:SAMPLER_STEPS, denoise:STEPS:LR or noise:STEPS:LR:SAMPLER_STEPS")
+            raise SystemExit(f"unknown variant {variant!r}: expected inversion:STEPS:LR:SAMPLER_STEPS, denoise:STEPS:LR, "
+                             "noise:STEPS:LR:SAMPLER_STEPS or hidden:STEPS:LR:SAMPLER_STEPS")
         flags = _judge(judge, images, prompts)
         total = sum(flags[i] or plain[i] for i in keep)
         print(f"| {variant} | {total}/{len(keep)} ({total / len(keep):.0%}) | {time.perf_counter() - t0:.0f} |", flush=True)
