@@ -30,8 +30,8 @@ import torch
 
 from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory
-from evaluators.robustness import (NEGATIVE_GUIDANCE, RobustnessSettings, Victim, _chunks, _judge, _placeholder_prompts, base_pairs,
-                                   full_images, inversion_attack, inverted_token, noise_attack, reference_set)
+from evaluators.robustness import (NEGATIVE_GUIDANCE, RobustnessSettings, Victim, _chunks, _judge, _placeholder_prompts, _score_loss,
+                                   base_pairs, full_images, inversion_attack, inverted_token, noise_attack, reference_set)
 from sfd.models import checkpoints_dir
 from sfd.worlds.shapes_judge import judge_spec
 
@@ -55,8 +55,6 @@ def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, te
 
 def hidden_attack(victim: Victim, prompts, z, scorer, steps: int, lr: float):
     """The conditioning (text-encoder output) optimised directly per pair; lr in units of its std."""
-    from evaluators.robustness import _score_loss
-
     with torch.no_grad():
         start = victim.hidden(victim.ids(prompts))
     h = start.clone().requires_grad_(True)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from sfd.errors import SFDError
+from sfd.tree import tree_cat
 
 from .attack import _banned_tokens, _nearest_tokens, _placeholder_ids, _TokenSwap
 from .audit import LoadedModel, quantize, rate_summary
@@ -167,12 +168,14 @@ class Victim:
         from when negative_guidance > 0)."""
         from sfd.denoisers import guided
 
-        unc = {"encoder_hidden_states": self.uncond(len(x))}
-        d = guided(self.denoiser, x, sigma, {"encoder_hidden_states": hidden}, unc, float(self.model.guidance))
-        if self.negative_guidance > 0:
-            away = {"encoder_hidden_states": self.uncond(len(x), negative=True)}
-            d = d - self.negative_guidance * (self.denoiser(x, sigma, away) - self.denoiser(x, sigma, unc))
-        return d
+        unc, cond = {"encoder_hidden_states": self.uncond(len(x))}, {"encoder_hidden_states": hidden}
+        if self.negative_guidance <= 0:
+            return guided(self.denoiser, x, sigma, cond, unc, float(self.model.guidance))
+        # unconditional, prompt and negative branches in one batched call (the unconditional one is shared)
+        away = {"encoder_hidden_states": self.uncond(len(x), negative=True)}
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        d_u, d_c, d_n = self.denoiser(torch.cat([x, x, x]), sigma.repeat(3) if sigma.ndim else sigma, tree_cat([unc, cond, away])).chunk(3)
+        return d_u + float(self.model.guidance) * (d_c - d_u) - self.negative_guidance * (d_n - d_u)
 
 
 # -------------------------------------------------------------------------------------------- attacks
