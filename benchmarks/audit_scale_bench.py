@@ -153,8 +153,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sfd-audit-scale-"))
     report = json.loads(Path(a.json).read_text()) if a.only and Path(a.json).is_file() else {}
     if a.only in (None, "throughput"):
-        rows = [throughput(work, int(n)) for n in str(a.images).split(",")]
-        report["throughput"] = rows[0] if len(rows) == 1 else rows
+        report["throughput"] = [throughput(work, int(n)) for n in a.images.split(",")]
     if a.only in (None, "memory"):
         report["memory"] = memory(work, [int(s) for s in a.sizes.split(",")])
     if a.only in (None, "resume"):
