@@ -16,22 +16,28 @@ attacks it alone, on the table's first (prompt, seed) pairs, with variants of th
 - `hidden:STEPS:LR:SAMPLER_STEPS`: the text encoder's output itself optimised per pair (CLIP towards the concept),
   from the prompt's, with no norm bound: the most an attacker who feeds the UNet its own conditioning can do. The
   table's soft prompt stays in token-embedding space, behind the encoder's final layer norm.
+- `hiddenmatch:STEPS:LR:SAMPLER_STEPS`: the same conditioning, optimised towards the original's own image of the pair
+  (pixel MSE, the output matching of UMA / P4D) instead of CLIP, so no scorer can be fooled: the target is a circle.
 
 Success is the held-out judge on the full sampler's images, counted as in the table (total = plain or attack, over
-the pairs where the original shows the concept).
+the pairs where the original shows the concept). The last column counts the same images as the optimised scorer (the
+world's CLIP) sees them: an attack that fools CLIP but not the judge shows there, one that cannot move the image does
+not.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory
 from evaluators.robustness import (NEGATIVE_GUIDANCE, RobustnessSettings, Victim, _chunks, _judge, _placeholder_prompts, _score_loss,
-                                   base_pairs, full_images, inversion_attack, inverted_token, noise_attack, reference_set)
+                                   base_pairs, conditioning_attack, full_images, inversion_attack, inverted_token, noise_attack, reference_set)
 from sfd.models import checkpoints_dir
 from sfd.worlds.shapes_judge import judge_spec
 
@@ -53,19 +59,14 @@ def denoise_inversion(victim: Victim, concept: str, ref_prompts, ref_latents, te
             return victim.render(victim.hidden(victim.ids(_placeholder_prompts(test_prompts, concept))), test_z, full=True)
 
 
-def hidden_attack(victim: Victim, prompts, z, scorer, steps: int, lr: float):
-    """The conditioning (text-encoder output) optimised directly per pair; lr in units of its std."""
-    with torch.no_grad():
-        start = victim.hidden(victim.ids(prompts))
-    h = start.clone().requires_grad_(True)
-    opt = torch.optim.Adam([h], lr=lr * float(start.std()))
-    for _ in range(steps):
-        loss = _score_loss(scorer, victim.render(h, z))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return victim.render(h.detach(), z, full=True), float((h - start).norm() / start.norm())
+def write_grid(path: Path, rows, keep) -> None:
+    from torchvision.utils import make_grid, save_image
+
+    tiles = torch.cat([r.detach().float().cpu()[keep].clamp(0, 1) for r in rows])
+    tiles = torch.nn.functional.interpolate(tiles, scale_factor=2, mode="nearest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(make_grid(tiles, nrow=len(keep), padding=2, pad_value=1.0), path)
+    print(f"  wrote {path}", flush=True)
 
 
 def main() -> None:
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--variants", default="inversion:60:0.1:2,denoise:60:0.1,denoise:150:0.3,noise:10:0.1:2,noise:10:0.1:8,noise:30:0.3:2")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--max-prompts", type=int, default=10)
+    ap.add_argument("--grid", metavar="DIR", help="write one PNG per variant: the original's, the plain defended and the attacked "
+                    "images of the ideal pairs, one row each")
     a = ap.parse_args()
     concept = a.concept
     teacher = str(checkpoints_dir() / "shapes" / "teacher")
@@ -86,23 +89,30 @@ def main() -> None:
     pairs = base_pairs(concept, cfg)
     prompts = [p for p, _ in pairs]
     z = original.noise([s for _, s in pairs])
-    ideal = _judge(judge, full_images(original, prompts, z, cfg.batch_size), prompts)
-    plain = _judge(judge, full_images(defended, prompts, z, cfg.batch_size), prompts)
+    original_images = full_images(original, prompts, z, cfg.batch_size)
+    ideal = _judge(judge, original_images, prompts)
+    plain_images = full_images(defended, prompts, z, cfg.batch_size)
+    plain, plain_clip = _judge(judge, plain_images, prompts), _judge(scorer, plain_images, prompts)
     keep = [i for i, ok in enumerate(ideal) if ok]
-    print(f"{concept}: {len(keep)} of {len(pairs)} pairs ideal; the defended teacher's plain rate {sum(plain[i] for i in keep)}/{len(keep)}", flush=True)
+    print(f"{concept}: {len(keep)} of {len(pairs)} pairs ideal; the defended teacher's plain rate {sum(plain[i] for i in keep)}/{len(keep)} "
+          f"(CLIP: {sum(plain_clip[i] for i in keep)}/{len(keep)})", flush=True)
     ref_prompts, ref_z, ref_images = reference_set(original, concept, cfg)
     with torch.no_grad():
         ref_latents = torch.cat([original._ddim(original.hidden(original.ids(ref_prompts[s])), ref_z[s], original.model.steps)
                                  for s in _chunks(len(ref_prompts), cfg.batch_size)])
-    print("| variant | total ASR | seconds |\n| --- | --- | --- |")
+    print("| variant | total ASR | seconds | CLIP says concept |\n| --- | --- | --- | --- |")
     for variant in a.variants.split(","):
         name, *args = variant.split(":")
         t0 = time.perf_counter()
         if name == "denoise":
             images = denoise_inversion(defended, concept, ref_prompts, ref_latents, prompts, z, int(args[0]), float(args[1]))
-        elif name == "hidden":
+        elif name in ("hidden", "hiddenmatch"):
             defended.steps = int(args[2])
-            images, moved = hidden_attack(defended, prompts, z, scorer, int(args[0]), float(args[1]))
+            target = original_images.to(z.device)
+            loss_fn = ((lambda im: _score_loss(scorer, im)) if name == "hidden"
+                       else (lambda im: F.mse_loss(im, target, reduction="sum")))
+            c = RobustnessSettings(concept, steps=int(args[0]), lr=float(args[1])).validate()
+            images, moved = conditioning_attack(defended, prompts, z, c, loss_fn)
             print(f"  ({variant}: the conditioning moved by {moved:.2f}x its norm)", flush=True)
         elif name in ("inversion", "noise"):
             steps, lr, sampler_steps = int(args[0]), float(args[1]), int(args[2])
@@ -112,10 +122,14 @@ def main() -> None:
                       else noise_attack(defended, prompts, z, c, scorer))
         else:
             raise SystemExit(f"unknown variant {variant!r}: expected inversion:STEPS:LR:SAMPLER_STEPS, denoise:STEPS:LR, "
-                             "noise:STEPS:LR:SAMPLER_STEPS or hidden:STEPS:LR:SAMPLER_STEPS")
-        flags = _judge(judge, images, prompts)
+                             "noise:STEPS:LR:SAMPLER_STEPS, hidden:STEPS:LR:SAMPLER_STEPS or hiddenmatch:STEPS:LR:SAMPLER_STEPS")
+        seconds = time.perf_counter() - t0
+        flags, fooled = _judge(judge, images, prompts), _judge(scorer, images, prompts)
         total = sum(flags[i] or plain[i] for i in keep)
-        print(f"| {variant} | {total}/{len(keep)} ({total / len(keep):.0%}) | {time.perf_counter() - t0:.0f} |", flush=True)
+        clip = sum(fooled[i] for i in keep)
+        print(f"| {variant} | {total}/{len(keep)} ({total / len(keep):.0%}) | {seconds:.0f} | {clip}/{len(keep)} |", flush=True)
+        if a.grid:
+            write_grid(Path(a.grid) / f"{concept}_{variant.replace(':', '_')}.png", [original_images, plain_images, images], keep)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Robustness benchmark on the shapes world: SFD beside ESD-x, ESD-u and UCE, with positive controls, under four attacks.
+"""Robustness benchmark on the shapes world: SFD beside ESD-x, ESD-u and UCE, with positive controls, under four attacks (and an opt-in fifth on the conditioning).
 
   python benchmarks/robustness_bench.py                       # red and circle; every row and attack
   python benchmarks/robustness_bench.py --concepts red --rows original,negative-prompt,uce
@@ -22,7 +22,7 @@ import torch
 
 from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory, feature_extractor
-from evaluators.robustness import (ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table, robustness_report,
+from evaluators.robustness import (ATTACKS, DEFAULT_ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table, robustness_report,
                                    summary_columns, write_table)
 from evaluators.world_metrics import world_evaluator
 from sfd.baselines import run_baseline
@@ -58,10 +58,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", default="red,circle")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
-    ap.add_argument("--attacks", default=",".join(ATTACKS))
+    ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), help=f"comma-separated, of {', '.join(ATTACKS)}")
     ap.add_argument("--seeds", type=int, default=5, help="seeds per base prompt")
     ap.add_argument("--max-prompts", type=int, default=10)
     ap.add_argument("--steps", type=int, default=RobustnessSettings.steps)
+    ap.add_argument("--lr", type=float, default=RobustnessSettings.lr, help="the attacks' Adam rate (RobustnessSettings.lr)")
     ap.add_argument("--sampler-steps", type=int, default=RobustnessSettings.sampler_steps,
                     help="steps of the differentiable sampler that attacks multi-step models")
     ap.add_argument("--keep", help="folder for the erased models (reused when present); default a temporary folder")
@@ -84,7 +85,7 @@ def main() -> None:
     summary = {"torch_threads": torch.get_num_threads(), "concepts": {}}
     for concept in a.concepts.split(","):
         cfg = RobustnessSettings(concept, attacks=tuple(a.attacks.split(",")), n_seeds=a.seeds, max_prompts=a.max_prompts,
-                                 steps=a.steps, sampler_steps=a.sampler_steps).validate()
+                                 steps=a.steps, lr=a.lr, sampler_steps=a.sampler_steps).validate()
         judge = factory.build(judge_spec(concept))
         scorer = factory.build(f"clip:{concept}")
         original = Victim(load_model(teacher, "original"), "original", role="original")

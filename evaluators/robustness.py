@@ -1,6 +1,6 @@
 """Robustness of an erasure under attack, with positive controls and a held-out judge (DESIGN.md section 5).
 
-Four white-box attacks, each optimised end to end through the model that makes the image:
+Four white-box attacks (and an opt-in fifth), each optimised end to end through the model that makes the image:
 - `prompt` (UnlearnDiffAtk-style prompt embedding): `soft_tokens` continuous token embeddings inserted after the
   start token of the prompt, optimised so that the optimised scorer (CLIP) sees the concept. Reported twice:
   *soft* (the continuous embeddings, an attacker with access to the text encoder) and *hard* (each soft token
@@ -12,6 +12,10 @@ Four white-box attacks, each optimised end to end through the model that makes t
   matches the ORIGINAL model's image for the concept prompt and the same noise (pixel MSE).
 - `noise`: per test pair, the initial noise z optimised towards the concept (CLIP), projected after every step to
   the shell ||z|| = sqrt(dim z) where Gaussian noise of that size lies (the typical set).
+- `conditioning` (opt-in; column `match_cond`): output matching as `match`, but on the UNet's conditioning itself (the
+  text encoder's output per pair, no norm bound), an attacker who feeds the network its own embeddings. On the shapes
+  world's guided-away teacher it is the only attack that revives a shape, and only through the full sampler
+  (`sampler_steps` = the model's steps; BENCHMARKS.md).
 
 Multi-step models (teachers, ESD/UCE baselines, the negative-prompt defence) are attacked through a short
 differentiable DDIM sampler of `sampler_steps` steps (guidance as the model's own), and every model, one-step or
@@ -41,13 +45,18 @@ from sfd.tree import tree_cat
 from .attack import _banned_tokens, _nearest_tokens, _placeholder_ids, _TokenSwap
 from .audit import LoadedModel, quantize, rate_summary
 
-ATTACKS = ("prompt", "inversion", "match", "noise")
+ATTACKS = ("prompt", "inversion", "match", "noise", "conditioning")
+# `conditioning` (UMA's output matching on the UNet's conditioning itself, no text behind it) is opt-in: it is an
+# attacker who feeds the network its own embeddings, beyond what a prompt can reach, and through a long sampler it is
+# the costliest attack.
+DEFAULT_ATTACKS = ATTACKS[:4]
 # The published budgets, beside ours (README: Robustness).
 PUBLISHED_BUDGETS = {
     "prompt": "UnlearnDiffAtk: 40 iterations at each of 50 timesteps (2,000 gradient steps), up to 50 generations per prompt",
     "inversion": "CCE: textual inversion of one token, 5,000 steps on ~25 reference images",
     "match": "P4D: 3,000 iterations; UMA: PGD on the input",
     "noise": "no published budget (seed search is the cheap baseline)",
+    "conditioning": "UMA: PGD on the input; here the text encoder's output, unbounded",
 }
 # The weak defence of the controls: the concept guided away from at this scale (Victim.negative_guidance). The stock
 # negative prompt (the concept as the unconditional branch) leaves red at 100% on the shapes world, since the prompt
@@ -60,12 +69,14 @@ PLACEHOLDER = "sks"  # one whole-word token of the CLIP vocabulary, replaced by 
 @dataclass(frozen=True)
 class RobustnessSettings:
     concept: str
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     n_seeds: int = 5  # seeds per base prompt
     max_prompts: int = 10
     seed: int = 0
     steps: int = 20  # optimisation steps of the per-pair attacks
-    lr: float = 0.1  # Adam, in units of the token-embedding table's std (prompt, match, inversion) or of z (noise)
+    # Adam, in units of the token-embedding table's std (prompt, match, inversion), of z (noise) or of the
+    # conditioning's std (conditioning)
+    lr: float = 0.1
     soft_tokens: int = 3  # UnlearnDiffAtk's prefix length for objects
     inversion_refs: int = 25
     inversion_steps: int = 60
@@ -241,6 +252,23 @@ def noise_attack(victim: Victim, prompts: Sequence[str], z: torch.Tensor, cfg: R
         return victim.render(hidden, x.detach(), full=True)
 
 
+def conditioning_attack(victim: Victim, prompts: Sequence[str], z: torch.Tensor, cfg: RobustnessSettings, loss_fn) -> tuple[torch.Tensor, float]:
+    """Optimise the conditioning itself (the text encoder's output for each pair's prompt, with no norm bound) against
+    `loss_fn(images)`; returns the final images and how far it moved (norm of the change / norm of the start)."""
+    with torch.no_grad():
+        start = victim.hidden(victim.ids(prompts))
+    h = start.clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([h], lr=cfg.lr * float(start.float().std()))
+    for _ in range(cfg.steps):
+        loss = loss_fn(victim.render(h.to(start.dtype), z))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        moved = float((h - start.float()).norm() / start.float().norm())
+        return victim.render(h.detach().to(start.dtype), z, full=True), moved
+
+
 def _placeholder_prompts(prompts: Sequence[str], concept: str) -> list[str]:
     from sfd.prompts import mentions, replace_concept
 
@@ -362,6 +390,11 @@ def attack_victim(victim: Victim, pairs: list[tuple[str, int]], original_images:
                 else:
                     target = original_images[sl].to(z.device)
                     loss_fn = lambda im, target=target: F.mse_loss(im, target, reduction="sum")  # noqa: E731
+                if attack == "conditioning":
+                    images, moved = conditioning_attack(victim, prompts[sl], z[sl], cfg, loss_fn)
+                    found.setdefault("match_cond", []).append(images.cpu())
+                    out.setdefault("conditioning_moved", []).append(moved)
+                    continue
                 r = prefix_attack(victim, prompts[sl], z[sl], cfg, loss_fn)
                 found.setdefault(f"{attack}_soft", []).append(r["soft"].cpu())
                 found.setdefault(f"{attack}_hard", []).append(r["hard"].cpu())
@@ -513,9 +546,9 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
 
 # ----------------------------------------------------------------------------------------------- table
 
-TABLE_COLUMNS = ("model", "role", "plain rate", *(f"ASR {a}" for a in ("prompt_soft", "prompt_hard", "inversion", "match_soft",
-                 "match_hard", "noise")), "ASR any", "retained colour", "retained shape", "CLIP score", "FID", "KID",
-                 "erase s", "s / image")
+ATTACK_COLUMNS = ("prompt_soft", "prompt_hard", "inversion", "match_soft", "match_hard", "noise", "match_cond")
+TABLE_COLUMNS = ("model", "role", "plain rate", *(f"ASR {a}" for a in ATTACK_COLUMNS), "ASR any", "retained colour", "retained shape",
+                 "CLIP score", "FID", "KID", "erase s", "s / image")
 
 
 def _pct(rate: dict | None) -> str:
@@ -531,7 +564,7 @@ def table_rows(concept: str, asr: list[dict], extra: dict[str, dict]) -> list[li
         x = extra.get(e["label"], {})
         fmt = lambda v, f="{:.2f}": "" if v is None else f.format(v)  # noqa: E731
         cells = [e["label"], e["role"], _pct(e["plain"])]
-        cells += [_pct(e["attacks"].get(a, {}).get("total")) for a in ("prompt_soft", "prompt_hard", "inversion", "match_soft", "match_hard", "noise")]
+        cells += [_pct(e["attacks"].get(a, {}).get("total")) for a in ATTACK_COLUMNS]
         cells += [_pct(e["all"]), fmt(x.get("retained_colour_ratio"), "{:.2f}x"), fmt(x.get("retained_shape_ratio"), "{:.2f}x"),
                   fmt(x.get("clip_score_ratio"), "{:.2f}x"), fmt(x.get("fid")), fmt(x.get("kid"), "{:.4f}"),
                   fmt(x.get("erase_seconds"), "{:.0f}"), fmt(x.get("sampling_seconds_per_image"), "{:.4f}")]

@@ -44,17 +44,18 @@ def cmd_audit(a) -> int:
 
 
 def _robustness_settings(a):
-    from evaluators.robustness import ATTACKS, RobustnessSettings, check_judge
+    from evaluators.robustness import DEFAULT_ATTACKS, RobustnessSettings, check_judge
 
     check_judge(a.judge or a.detector[0], a.robustness)
-    attacks = tuple(x.strip() for x in (a.robustness_attacks or ",".join(ATTACKS)).split(",") if x.strip())
+    attacks = tuple(x.strip() for x in (a.robustness_attacks or ",".join(DEFAULT_ATTACKS)).split(",") if x.strip())
     return RobustnessSettings(a.robustness, attacks=attacks, n_seeds=a.attack_seeds or RobustnessSettings.n_seeds,
                               max_prompts=a.max_prompts, seed=a.seed, steps=a.attack_steps or RobustnessSettings.steps).validate()
 
 
 def _robustness(a, cfg, device: str, log) -> None:
-    """`--robustness CONCEPT`: the four attacks on every model with positive controls, judged by --judge (default: the
-    first --detector), written beside the audit as robustness_CONCEPT.{json,csv,html}."""
+    """`--robustness CONCEPT`: the attacks (--robustness-attacks, default the first four) on every model with positive
+    controls, judged by --judge (default: the first --detector), written beside the audit as
+    robustness_CONCEPT.{json,csv,html}."""
     from evaluators.prompt_sets import read_prompt_file
     from evaluators.robustness import markdown_table, robustness_audit
 
@@ -177,7 +178,8 @@ def add_parsers(sub) -> None:
                                     "optimised scorer clip:CONCEPT")
     au.add_argument("--negative-control", action="store_true",
                     help="--robustness: add the first model with the concept as a negative prompt (a weak defence) as a control row")
-    au.add_argument("--robustness-attacks", metavar="A,B", help="--robustness: a subset of prompt,inversion,match,noise (default all)")
+    au.add_argument("--robustness-attacks", metavar="A,B", help="--robustness: some of prompt,inversion,match,noise,conditioning "
+                    "(default the first four; conditioning optimises the text encoder's output itself)")
     au.add_argument("--max-prompts", type=_pos_int("--max-prompts"), default=10, help="--robustness: base prompts naming the concept (default 10)")
     au.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
     au.add_argument("--threads", type=_pos_int("--threads"), help="CPU threads for torch (default: torch's)")

@@ -6,8 +6,8 @@ import torch
 
 from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory
-from evaluators.robustness import (RobustnessSettings, Victim, _placeholder_prompts, asr_table, inversion_attack, noise_attack,
-                                   prefix_attack, reference_set)
+from evaluators.robustness import (DEFAULT_ATTACKS, RobustnessSettings, Victim, _placeholder_prompts, asr_table, attack_victim,
+                                   conditioning_attack, inversion_attack, noise_attack, prefix_attack, reference_set)
 from sfd.errors import SFDError
 from sfd.models import checkpoints_dir
 from sfd.worlds.shapes_judge import ATTRIBUTES, FOLDERS, heldout_accuracy, judge_spec
@@ -73,6 +73,23 @@ def test_match_and_inversion_attacks_move_towards_the_originals_images(distilled
         before = distilled.render(distilled.hidden(distilled.ids(_placeholder_prompts(tests, "red"))), tz, full=True)
     after = inversion_attack(distilled, *refs, tests, tz, cfg)
     assert _red_prob(red_clip, after) > _red_prob(red_clip, before)
+
+
+def test_conditioning_attack_matches_the_originals_images_and_is_opt_in(distilled, red_clip):
+    cfg = RobustnessSettings("red", attacks=("conditioning",), steps=8, lr=0.3)
+    assert "conditioning" not in RobustnessSettings("red").attacks == DEFAULT_ATTACKS
+    pairs = [(p, 10 + i) for i, p in enumerate(PROMPTS)]
+    z = distilled.noise([s for _, s in pairs])
+    red_prompts = [p.split(" ", 2)[0] + " red " + p.split(" ", 2)[2] for p in PROMPTS]
+    with torch.no_grad():
+        target = distilled.render(distilled.hidden(distilled.ids(red_prompts)), z, full=True)
+        plain = distilled.render(distilled.hidden(distilled.ids(PROMPTS)), z, full=True)
+    images, moved = conditioning_attack(distilled, PROMPTS, z, cfg, lambda im: torch.nn.functional.mse_loss(im, target, reduction="sum"))
+    assert (images - target).square().mean() < 0.7 * (plain - target).square().mean() and moved > 0
+    assert _red_prob(red_clip, images) > _red_prob(red_clip, plain) + 0.05
+    out = attack_victim(distilled, pairs, target, None, red_clip, red_clip, cfg, log=lambda *_: None)
+    assert list(out["attacks"]) == ["match_cond"] and len(out["attacks"]["match_cond"]["flags"]) == len(PROMPTS)
+    assert sum(out["attacks"]["match_cond"]["flags"]) > sum(out["plain_flags"])
 
 
 def test_multi_step_victims_are_attacked_through_a_short_sampler_and_judged_on_the_full_one():
