@@ -63,7 +63,7 @@ def write_grid(path: Path, rows, keep) -> None:
     from torchvision.utils import make_grid, save_image
 
     tiles = torch.cat([r.detach().float().cpu()[keep].clamp(0, 1) for r in rows])
-    tiles = torch.nn.functional.interpolate(tiles, scale_factor=2, mode="nearest")
+    tiles = F.interpolate(tiles, scale_factor=2, mode="nearest")
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(tiles, nrow=len(keep), padding=2, pad_value=1.0), path)
     print(f"  wrote {path}", flush=True)

@@ -1,4 +1,5 @@
-"""Robustness benchmark on the shapes world: SFD beside ESD-x, ESD-u and UCE, with positive controls, under four attacks (and an opt-in fifth on the conditioning).
+"""Robustness benchmark on the shapes world: SFD beside ESD-x, ESD-u and UCE, with positive controls, under four attacks
+(and an opt-in fifth, on the conditioning itself).
 
   python benchmarks/robustness_bench.py                       # red and circle; every row and attack
   python benchmarks/robustness_bench.py --concepts red --rows original,negative-prompt,uce

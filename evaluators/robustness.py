@@ -257,16 +257,16 @@ def conditioning_attack(victim: Victim, prompts: Sequence[str], z: torch.Tensor,
     `loss_fn(images)`; returns the final images and how far it moved (norm of the change / norm of the start)."""
     with torch.no_grad():
         start = victim.hidden(victim.ids(prompts))
-    h = start.clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([h], lr=cfg.lr * float(start.float().std()))
+    dtype, start = start.dtype, start.float()
+    h = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([h], lr=cfg.lr * float(start.std()))
     for _ in range(cfg.steps):
-        loss = loss_fn(victim.render(h.to(start.dtype), z))
+        loss = loss_fn(victim.render(h.to(dtype), z))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        moved = float((h - start.float()).norm() / start.float().norm())
-        return victim.render(h.detach().to(start.dtype), z, full=True), moved
+        return victim.render(h.detach().to(dtype), z, full=True), float((h - start).norm() / start.norm())
 
 
 def _placeholder_prompts(prompts: Sequence[str], concept: str) -> list[str]:

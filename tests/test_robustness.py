@@ -77,7 +77,7 @@ def test_match_and_inversion_attacks_move_towards_the_originals_images(distilled
 
 def test_conditioning_attack_matches_the_originals_images_and_is_opt_in(distilled, red_clip):
     cfg = RobustnessSettings("red", attacks=("conditioning",), steps=8, lr=0.3)
-    assert "conditioning" not in RobustnessSettings("red").attacks == DEFAULT_ATTACKS
+    assert RobustnessSettings("red").attacks == DEFAULT_ATTACKS and "conditioning" not in DEFAULT_ATTACKS
     pairs = [(p, 10 + i) for i, p in enumerate(PROMPTS)]
     z = distilled.noise([s for _, s in pairs])
     red_prompts = [p.split(" ", 2)[0] + " red " + p.split(" ", 2)[2] for p in PROMPTS]
