@@ -54,7 +54,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="sfd-baseline-sweep-") as work:
         for method, concept, combo in itertools.product(a.methods.split(","), a.concepts.split(","), combos):
-            settings = replace(baseline_preset(method, "shapes"), **combo)
+            settings = replace(baseline_preset(method, "shapes", [concept]), **combo)
             s = run_baseline(method, teacher, str(Path(work) / "out"), [concept], shapes.next_value(concept), overwrite=True,
                              progress=False, evaluate=evaluate, settings=settings)
             m = s["metrics"]

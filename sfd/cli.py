@@ -161,7 +161,7 @@ def _run_baseline(a) -> int:
     if a.method == "uce" and a.steps is not None:
         raise SFDError("--steps does not apply to --method uce (a closed-form edit)")
     family = family_for(a.model)
-    settings = default_settings(a.method, family, a.model)
+    settings = default_settings(a.method, family, a.model, a.forget)
     if a.method != "uce":
         settings = replace(settings, seed=a.seed, **({"steps": a.steps} if a.steps else {}))
     device = _device(a.device)

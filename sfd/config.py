@@ -215,33 +215,46 @@ def preset(name: str, stage: str = "single") -> SFDConfig:
 # iterations of Adam at 1e-5, batch 1, eta 1, x_t from 50 DDIM steps at guidance 3; UCE: the closed form with
 # equal erase/preserve scales). The shapes world's teacher was trained at lr 1e-3 for 2,000 steps of batch 64,
 # so ESD's 1e-5 moves it too little in 1,000 iterations (world_baseline_presets).
-def baseline_preset(method: str, world: str | None = None):
+def baseline_preset(method: str, world: str | None = None, concepts=()):
+    """The baseline's settings on `world` for these forget concepts: a preset keyed by (world, method, kind), kind
+    from `sfd.worlds.concept_kind` ("colour" / "shape" on the shapes world), else by (world, method), else the
+    paper's."""
     from .baselines.esd import ESDConfig
     from .baselines.uce import UCEConfig
+    from .worlds import concept_kind
 
+    presets = world_baseline_presets()
     default = UCEConfig() if method == "uce" else ESDConfig()
-    return world_baseline_presets().get((world, method), default)
+    return presets.get((world, method, concept_kind(world, concepts)), presets.get((world, method), default))
 
 
 def world_baseline_presets() -> dict:
     from .baselines.esd import ESDConfig
     from .baselines.uce import UCEConfig
 
-    # The shapes world: the sampler is the world's (20 steps, guidance 5), batch 4 instead of 1, lr x60 (ESD-x) or
-    # x40 (ESD-u), on the concept text (`benchmarks/baseline_sweep.py`, BENCHMARKS.md). ESD-x in 200 iterations on
-    # "red" forgot to 25% / 14.6% / 10.4% at lr 6e-4 / 9e-4 / 1.2e-3, retained detection >= 0.99x; on "circle" to
-    # 13.3% / 11.7% / 12.5%, but retained shape fell to 0.89x / 0.84x / 0.84x: no rate took both under 20% with
-    # retained >= 0.85x. At 6e-4 for 300 iterations: red 8.3% (retained >= 0.99x), circle 15.0% (retained shape
-    # 0.87x); 7.5e-4 for 200: red 13.5%, circle 15.0% (0.87x, colour 0.94x). ESD-u (the official `noxattn` layers:
-    # no cross-attention, timestep embedding or output layers) has no such point either: in 200 iterations red 47% at
-    # 4e-4 (retained >= 0.95x), 20% at 6e-4 (retained colour 0.67x); circle 48% (shape 0.84x) and 20% (shape 0.61x);
-    # 600 iterations at 2e-4 or 400 at 3e-4 stop at 51-57% on red, the paper's 1,000 at 2e-4 at 67% (circle 50%).
-    # It takes 6e-4, which erases both to <= 20%: a baseline that leaves half the concept would make its attack rates say little.
-    # Eta 2 at 1-2e-4 comes near the target in single runs (red 12.5% with colour 0.84x, 20.8% with >= 0.93x; circle
-    # 11.7% with >= 0.90x at eta 1.5) that other training seeds do not repeat (red 21 / 52 / 29% over seeds 0-2); at
-    # batch 8 the seeds agree: circle 5-12% with colour 0.69-0.79x, red 38-62%. The eta stays the paper's 1.
+    # The shapes world: the sampler is the world's (20 steps, guidance 5), on the concept text; ESD-x at batch 4
+    # instead of 1 and lr x60, ESD-u at batch 8, lr x10 and eta 1.25 or 2.6 (`benchmarks/baseline_sweep.py`,
+    # BENCHMARKS.md). ESD-x in 200 iterations on "red" forgot to 25% / 14.6% / 10.4% at lr 6e-4 / 9e-4 / 1.2e-3,
+    # retained detection >= 0.99x; on "circle" to 13.3% / 11.7% / 12.5%, but retained shape fell to 0.89x / 0.84x /
+    # 0.84x: no rate took both under 20% with retained >= 0.85x. At 6e-4 for 300 iterations: red 8.3% (retained >=
+    # 0.99x), circle 15.0% (retained shape 0.87x); 7.5e-4 for 200: red 13.5%, circle 15.0% (0.87x, colour 0.94x).
+    # ESD-u (the official `noxattn` layers: no cross-attention, timestep embedding or output layers) at batch 4 has no
+    # such point: in 200 iterations red 47% at 4e-4 (retained >= 0.95x), 20% at 6e-4 (retained colour 0.67x); circle
+    # 48% (shape 0.84x) and 20% (shape 0.61x); 600 iterations at 2e-4 or 400 at 3e-4 stop at 51-57% on red, the
+    # paper's 1,000 at 2e-4 at 67% (circle 50%). 6e-4 erases both to about 20% but keeps only 0.61-0.76x. Eta 2 at
+    # 1-2e-4 comes near the target in single runs (red 12.5% with colour 0.84x, 20.8% with >= 0.93x; circle 11.7% with
+    # >= 0.90x at eta 1.5) that other training seeds do not repeat (red 21 / 52 / 29% over seeds 0-2): at batch 4 the
+    # seed moves the result as much as the setting does. At batch 8 for 300 iterations at 1e-4 the seeds agree on a
+    # shape, less so on a colour, and the two kinds of concept need different pushes: a shape takes eta 1.25 (circle
+    # 13.3 / 11.7 / 9.2% over seeds 0-2, and 11.7 / 16.7% on seeds 3-4, retained >= 0.85x on each; at eta 1.75 or 2 it
+    # falls to 5-12% but costs retained colour, 0.69-0.79x), a colour eta 2.6 (red 16.7 / 13.5 / 11.5 / 7.3 / 32.3%
+    # over seeds 0-4, retained >= 0.85x on seeds 0, 2 and 3, 0.81x on seed 1, 0.84x on seed 4: at the edge; eta 2.5
+    # leaves red at 34% on seed 0, eta 2.75 keeps 0.81x of retained shape on both seeds tried, eta 1.25 leaves it at
+    # 55% even in 600 iterations). Hence one preset per kind; a mix of kinds or a word outside the world takes the
+    # shape's. The held-out judges at 168 pairs: red 18%, circle 14% (benchmarks/robustness_bench.py).
     # On the captions ("a red circle", ...) 3e-4 left red at 20% (ESD-x) but retained shape at 0.37x.
     esd_x = ESDConfig(steps=300, lr=6e-4, batch_size=4, sampler_steps=20, start_guidance=5.0, prompts="concept")
-    esd_u = replace(esd_x, steps=200, lr=6e-4)
-    return {("shapes", "esd-x"): esd_x, ("shapes", "esd-u"): esd_u, ("shapes", "uce"): UCEConfig()}
+    esd_u = replace(esd_x, steps=300, lr=1e-4, batch_size=8, negative_guidance=1.25)
+    return {("shapes", "esd-x"): esd_x, ("shapes", "esd-u"): esd_u,
+            ("shapes", "esd-u", "colour"): replace(esd_u, negative_guidance=2.6), ("shapes", "uce"): UCEConfig()}
 

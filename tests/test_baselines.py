@@ -1,6 +1,7 @@
 """ESD and UCE baselines (`sfd erase --method esd-x|esd-u|uce`): the closed form, outputs that reload and sample, bad inputs."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -74,21 +75,49 @@ def test_baseline_bad_inputs_give_one_line(tiny_sd_dir, tiny_teacher_dir, tmp_pa
     assert_one_line_error(code, err, "erases text concepts")
 
 
-def test_esd_conditions_on_the_concept_text_alone_when_asked(tiny_sd_dir, tmp_path):
+@pytest.mark.parametrize("method, field, values, bad, message", [
+    ("esd-x", "prompts", ("concept", "captions"), "words", "'concept' or 'captions'"),
+    ("esd-u", "lr_schedule", ("constant", "cosine"), "linear", "'constant' or 'cosine'"),
+])
+def test_each_esd_option_changes_the_edit_and_a_bad_value_is_one_line(tiny_sd_dir, tmp_path, method, field, values, bad, message):
     """ESDConfig.prompts: "concept" trains on the concept text alone (the ESD scripts' --prompt), "captions" on the
-    prompts naming it; the two give different edits from the same seed, and a bad value is one line."""
+    prompts naming it. ESDConfig.lr_schedule: "cosine" anneals the rate (the first step as "constant", the second at
+    half the rate). Each pair gives different edits from the same seed, is recorded, and a bad value is one line."""
     from sfd.baselines import run_baseline
     from sfd.baselines.esd import ESDConfig
     from sfd.errors import SFDError
     from sfd.families import load_model
 
     weights = {}
-    for mode in ("concept", "captions"):
-        settings = ESDConfig(steps=2, lr=1e-3, sampler_steps=2, prompts=mode)
-        s = run_baseline("esd-x", str(tiny_sd_dir), str(tmp_path / mode), ["cat"], "dog", settings=settings, progress=False)
-        assert s["settings"]["prompts"] == mode
-        weights[mode] = load_model(str(tmp_path / mode))[1].unet.state_dict()
-    assert any(not torch.equal(v, weights["captions"][k]) for k, v in weights["concept"].items())
+    for value in values:
+        settings = ESDConfig(steps=2, lr=1e-3, sampler_steps=2, **{field: value})
+        s = run_baseline(method, str(tiny_sd_dir), str(tmp_path / value), ["cat"], "dog", settings=settings, progress=False)
+        assert s["settings"][field] == value
+        weights[value] = load_model(str(tmp_path / value))[1].unet.state_dict()
+    first, second = (weights[v] for v in values)
+    assert any(not torch.equal(v, second[k]) for k, v in first.items())
     with pytest.raises(SFDError) as e:
-        ESDConfig(prompts="words").validate()
-    assert "'concept' or 'captions'" in str(e.value) and "\n" not in str(e.value)
+        ESDConfig(**{field: bad}).validate()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_shapes_worlds_esd_u_preset_follows_the_kind_of_concept(tiny_sd_dir):
+    """On the shapes world ESD-u erases a colour with a harder push (eta) than a shape (sfd/config.py records why);
+    a mix of kinds or a word outside the world takes the shape's preset, ESD-x has one preset, and a model that is
+    not a world keeps the paper's settings."""
+    from sfd.baselines import default_settings
+    from sfd.baselines.esd import ESDConfig
+    from sfd.families import family_for
+    from sfd.models import checkpoints_dir
+    from sfd.worlds import concept_kind
+
+    teacher = str(checkpoints_dir() / "shapes" / "teacher")
+    family = family_for(teacher)
+    kinds = (["red"], ["circle"], ["red", "circle"], ["dog"])
+    colour, shape, mixed, other = (default_settings("esd-u", family, teacher, c) for c in kinds)
+    assert colour.negative_guidance > shape.negative_guidance and colour == replace(shape, negative_guidance=colour.negative_guidance)
+    assert mixed == shape == other
+    assert default_settings("esd-x", family, teacher, ["red"]) == default_settings("esd-x", family, teacher, ["circle"])
+    assert default_settings("esd-u", family_for(str(tiny_sd_dir)), str(tiny_sd_dir), ["red"]) == ESDConfig()
+    assert [concept_kind("shapes", c) for c in (["red", "blue"], ["cross"], ["red", "cross"], [])] == ["colour", "shape", None, None]
+    assert concept_kind(None, ["red"]) is None

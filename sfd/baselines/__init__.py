@@ -55,7 +55,7 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
 
     conds = family.conditions(pipe, list(forget), override, retain_prompts=retain_prompts,  # the prompts SFD's erase uses
                               world_meta=world_meta(model) if Path(model).is_dir() else {}, device=device)
-    settings = settings or default_settings(method, family, model)
+    settings = settings or default_settings(method, family, model, forget)
     denoiser = family.teacher_denoiser(pipe)
     shape = family.latent_shape(pipe)
     if method == "uce":
@@ -86,13 +86,14 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
     return summary
 
 
-def default_settings(method: str, family, model: str):
-    """The model's preset for the baseline (sfd/config.py BASELINE_PRESETS): the paper's settings outside the worlds."""
+def default_settings(method: str, family, model: str, forget=()):
+    """The model's preset for the baseline and these forget concepts (sfd/config.py `baseline_preset`): the paper's
+    settings outside the worlds."""
     from ..config import baseline_preset
     from ..models import world_meta
 
     meta = world_meta(model) if Path(model).is_dir() else {}
-    return baseline_preset(method, meta.get("world"))
+    return baseline_preset(method, meta.get("world"), forget)
 
 
 def _card(summary: dict, family) -> str:

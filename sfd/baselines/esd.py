@@ -31,7 +31,7 @@ from ..tree import tree_cat, tree_leaves, tree_map
 # The paper's settings (ESD repository train-scripts, SD 1.4): 1,000 iterations, Adam at 1e-5, batch 1,
 # negative guidance 1, x_t from 50 DDIM steps at guidance 3. Worlds scale the lr and iterations (sfd/config.py).
 PAPER = {"steps": 1000, "lr": 1e-5, "batch_size": 1, "negative_guidance": 1.0, "sampler_steps": 50, "start_guidance": 3.0,
-         "prompts": "concept"}
+         "prompts": "concept", "lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class ESDConfig:
     # the shapes preset's choice), or "captions", the prompts naming the concept that SFD's erase uses (a world's
     # captions: "a red circle", ...; the first recorded shapes rows used these, and they push the shape away too).
     prompts: str = "concept"
+    # The learning rate over the run: "constant", as the ESD scripts, or "cosine", annealed from `lr` towards 0
+    # (torch's CosineAnnealingLR over `steps`), so the last updates are small steps rather than the peak rate's.
+    lr_schedule: str = "constant"
 
     def validate(self) -> "ESDConfig":
         for name, v in (("steps", self.steps), ("batch_size", self.batch_size), ("sampler_steps", self.sampler_steps)):
@@ -56,6 +59,8 @@ class ESDConfig:
             raise SFDError(f"ESD learning rate must be > 0, got {self.lr}")
         if self.prompts not in ("concept", "captions"):
             raise SFDError(f"ESD prompts must be 'concept' or 'captions', got {self.prompts!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise SFDError(f"ESD lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         return self
 
     def describe(self) -> dict:
@@ -104,6 +109,8 @@ def train_esd(denoiser, forget_cond: dict, empty_cond: dict, latent_shape: tuple
         p.requires_grad_(True)
     network.train()
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    decay = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps) if cfg.lr_schedule == "cosine"
+             else None)
     schedule = denoiser.schedule
     n_train = schedule.num_train_timesteps
     ts = torch.linspace(n_train - 1, 0, cfg.sampler_steps).round().long()
@@ -131,6 +138,8 @@ def train_esd(denoiser, forget_cond: dict, empty_cond: dict, latent_shape: tuple
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if decay is not None:
+            decay.step()
         losses.append(loss.item())
         if progress:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4g}")

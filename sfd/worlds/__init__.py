@@ -11,3 +11,16 @@ def world_prompts(meta: dict) -> list[str] | None:
         return [shapes.caption(c, s, t) for t in range(len(shapes.TEMPLATES))
                 for c in range(len(shapes.COLOURS)) for s in range(len(shapes.SHAPES))]
     return None
+
+
+def concept_kind(world: str | None, concepts) -> str | None:
+    """What the forget concepts are in a bundled world: on the shapes world "colour" or "shape" when they all are
+    one; None otherwise (a mix, other words, other models). Baseline presets may differ by kind (sfd/config.py)."""
+    concepts = list(concepts)
+    if world == "shapes" and concepts:
+        from . import shapes
+
+        for kind, values in (("colour", shapes.COLOURS), ("shape", shapes.SHAPES)):
+            if all(c in values for c in concepts):
+                return kind
+    return None
