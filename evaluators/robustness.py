@@ -551,9 +551,16 @@ TABLE_COLUMNS = ("model", "role", "plain rate", *(f"ASR {a}" for a in ATTACK_COL
                  "CLIP score", "FID", "KID", "erase s", "s / image")
 
 
+NOT_RUN, NO_PAIRS = "not run", "no pairs"
+
+
 def _pct(rate: dict | None) -> str:
-    if not rate or rate.get("rate") is None:
-        return ""
+    """A rate cell: "12% [7, 19]"; NOT_RUN when there is no rate (the attack was not asked for); NO_PAIRS when it was
+    computed over zero ideal pairs. The columns stay fixed, so a blank cell never has to be guessed at."""
+    if not rate:
+        return NOT_RUN
+    if rate.get("rate") is None:
+        return NO_PAIRS
     return f"{100 * rate['rate']:.0f}% [{100 * rate['ci_low']:.0f}, {100 * rate['ci_high']:.0f}]"
 
 

@@ -6,8 +6,9 @@ import torch
 
 from evaluators.audit import load_model
 from evaluators.detectors import DetectorFactory
-from evaluators.robustness import (DEFAULT_ATTACKS, RobustnessSettings, Victim, _placeholder_prompts, asr_table, attack_victim,
-                                   conditioning_attack, inversion_attack, noise_attack, prefix_attack, reference_set)
+from evaluators.robustness import (ATTACK_COLUMNS, DEFAULT_ATTACKS, NO_PAIRS, NOT_RUN, TABLE_COLUMNS, RobustnessSettings, Victim,
+                                   _placeholder_prompts, asr_table, attack_victim, conditioning_attack, inversion_attack, noise_attack,
+                                   prefix_attack, reference_set, table_rows)
 from sfd.errors import SFDError
 from sfd.models import checkpoints_dir
 from sfd.worlds.shapes_judge import ATTRIBUTES, FOLDERS, heldout_accuracy, judge_spec
@@ -114,6 +115,16 @@ def test_asr_is_pre_plus_post_over_ideal_pairs():
     assert a["pre"] == 0.25 and a["post"] == 0.25 and a["total"]["rate"] == 0.5
     assert a["p4d"]["n"] == 3 and a["p4d"]["flagged"] == 1
     assert a["total"]["ci_low"] < 0.5 < a["total"]["ci_high"]
+
+
+def test_table_cells_say_not_run_and_no_pairs_instead_of_staying_blank():
+    rows = [{"label": "erased", "role": "erased", "plain_flags": [True, False, False],
+             "attacks": {"noise": {"flags": [False, True, False], "seconds": 1.0}}}]
+    cells = dict(zip(TABLE_COLUMNS, table_rows("red", asr_table(rows, [True, True, True]), {})[0]))
+    assert cells["ASR noise"].startswith("67% [") and cells["plain rate"].startswith("33% [")
+    assert all(cells[f"ASR {a}"] == NOT_RUN for a in ATTACK_COLUMNS if a != "noise")
+    cells = dict(zip(TABLE_COLUMNS, table_rows("red", asr_table(rows, [False, False, False]), {})[0]))  # no ideal pair at all
+    assert cells["plain rate"] == cells["ASR noise"] == cells["ASR any"] == NO_PAIRS and cells["ASR inversion"] == NOT_RUN
 
 
 @pytest.mark.parametrize("kw, needle", [({"attacks": ("prompt", "bogus")}, "unknown attack 'bogus'"), ({"steps": 0}, "attack steps must be >= 1"),
