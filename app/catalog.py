@@ -159,7 +159,66 @@ def scan(roots: Sequence[Path] | None = None, extra: Sequence[str] = ()) -> tupl
                 seen[key] = describe_model(d)
             except SFDError:
                 continue
+    # An erased model's own teacher is offered beside it, even when it lives outside the scanned folders.
+    for e in list(seen.values()):
+        if e.base_model and Path(e.base_model).is_dir() and str(Path(e.base_model).resolve()) not in seen:
+            try:
+                seen[str(Path(e.base_model).resolve())] = describe_model(e.base_model)
+            except SFDError:
+                continue
     return list(seen.values()), problems
+
+
+def written_at(entry: ModelEntry) -> float:
+    """When a model folder was written: the modification time of its sfd_config.json (written when `sfd erase`
+    finishes), else of its model_index.json; 0.0 when neither can be read. No weights are opened."""
+    for name in ("sfd_config.json", "model_index.json"):
+        try:
+            return (Path(entry.path) / name).stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def is_bundled(entry: ModelEntry, checkpoints: str | Path) -> bool:
+    """True for a model shipped in the install's checkpoints/ folder (not one the user made)."""
+    try:
+        return Path(entry.path).resolve().is_relative_to(Path(checkpoints).resolve())
+    except OSError:
+        return False
+
+
+def split_bundled(models: Sequence[ModelEntry], checkpoints: str | Path) -> tuple[list[ModelEntry], list[ModelEntry]]:
+    """(the user's models: runs/ and --model paths, newest first; the bundled checkpoints, in scan order)."""
+    yours = [m for m in models if not is_bundled(m, checkpoints)]
+    yours.sort(key=lambda m: (-written_at(m), m.path))
+    return yours, [m for m in models if is_bundled(m, checkpoints)]
+
+
+def base_of(run: ModelEntry | None, models: Sequence[ModelEntry] = ()) -> ModelEntry | None:
+    """The model `run` was erased from (its sfd_config.json base_model): the listed entry, else that folder when it is
+    a model of the toolkit, else None (a hub id, a moved folder). None too when the two cannot be compared."""
+    if run is None or not run.base_model:
+        return None
+    base = next((m for m in models if _same(m.path, run.base_model)), None)
+    if base is None:
+        try:
+            base = describe_model(run.base_model)
+        except SFDError:
+            return None
+    return base if same_kind_message(base, run) is None else None
+
+
+def newest_pair(models: Sequence[ModelEntry], checkpoints: str | Path) -> tuple[ModelEntry | None, ModelEntry | None]:
+    """(base, comparison) the demo opens on: the erased model the user made most recently (under runs/ or given
+    with --model) beside its own teacher, so that a fresh `sfd erase` is what a newcomer sees first. A run whose
+    teacher cannot be found is passed over; without any run, `default_pair`."""
+    yours, _ = split_bundled(models, checkpoints)
+    for run in (m for m in yours if m.erased):
+        base = base_of(run, models)
+        if base is not None:
+            return base, run
+    return default_pair(models)
 
 
 def _same(a: str | None, b: str | None) -> bool:

@@ -1,9 +1,12 @@
 """The Gradio page of `sfd demo`: the original model and an erased one side by side.
 
-Tab "Compare": pick two models (found under checkpoints/ and runs/, or given with --model), type a prompt (or
-pick a class for class-conditional models), and Generate draws one image per model from the same seed, with
-each model's sampling time and the concept scores of evaluators/ (CLIP detection of the erased concepts named
-in the erased model's sfd_config.json, the CLIP score, NudeNet on request; the judge for class models).
+Tab "Compare": pick two models (the user's own, under runs/ or given with --model, newest first; then the bundled
+ones under the install's checkpoints/), type a prompt (or pick a class for class-conditional models), and Generate
+draws one image per model from the same seed, with each model's sampling time and the concept scores of
+evaluators/ (CLIP detection of the erased concepts named in the erased model's sfd_config.json, the CLIP score,
+NudeNet on request; the judge for class models), then a few more seeds per model in a small gallery.
+The page opens on the erased model made most recently beside its own teacher, and generates its first images
+as it opens (the same handlers as Generate), so a newcomer sees the erasure without a click.
 Tab "Audit": a small `sfd audit` of both models on pasted or uploaded prompts, with its report.
 
 Every handler returns a message for a bad input or a failure (and raises a gr.Warning toast): no stack trace
@@ -33,16 +36,19 @@ from .catalog import ModelEntry  # noqa: E402
 TITLE = "sfd demo: original vs erased"
 DEFAULT_PORT = 7860
 QUEUE_SIZE = 64  # waiting requests beyond this are refused by the queue (with a message), not piled up
+GALLERY_SEEDS = 3  # seeds per model in the small galleries (seed, seed + 1, ...): one image can be luck, three rarely are
+YOURS, BUNDLED = "Your models", "Bundled"  # the two groups of the pickers (runs/ and --model; the install's checkpoints/)
 CSS = """
-#base-image img, #cmp-image img, #audit-gallery img { image-rendering: pixelated; }
+#base-image img, #cmp-image img, #base-seeds img, #cmp-seeds img, #audit-gallery img { image-rendering: pixelated; }
 .sfd-status p { margin: 0.2em 0; }
+#base-seeds .grid-wrap, #cmp-seeds .grid-wrap { height: auto !important; min-height: 0 !important; }  /* one row, no blank */
 """
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     models: tuple[str, ...] = ()  # extra model folders (--model)
-    base: str | None = None  # initial picks (default: catalog.default_pair)
+    base: str | None = None  # initial picks (default: catalog.newest_pair)
     compare: str | None = None
     clip: str | None = None  # CLIP folder for concept scores (default: checkpoints/shapes/clip)
     judge: str | None = None  # classifier judge for class models (default: checkpoints/digits/judge)
@@ -52,6 +58,7 @@ class DemoConfig:
     max_models: int = 4  # pipelines kept loaded
     work_dir: str | None = None  # where audits write (default: a new temporary folder)
     roots: tuple[str, ...] | None = None  # folders scanned for models (default: checkpoints/ and runs/)
+    checkpoints: str | None = None  # the bundled models' folder, listed apart from the user's (default: the install's)
     preload: bool = True  # load the default pair in the background once the page is served
 
 
@@ -97,10 +104,13 @@ class DemoApp:
         self.scorers = runtime.Scorers(config.device, self.clip_path, self.judge_path)
         self.work_dir = Path(config.work_dir) if config.work_dir else Path(tempfile.mkdtemp(prefix="sfd-demo-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = Path(config.checkpoints) if config.checkpoints else checkpoints_dir()
         self.models, self.problems = self.scan()
-        base, cmp = catalog.default_pair(self.models)
-        self.base = self._initial(config.base, base)
+        base, cmp = catalog.newest_pair(self.models, self.checkpoints)
         self.compare = self._initial(config.compare, cmp)
+        if config.compare and not config.base:  # --compare alone: beside the teacher it was erased from
+            base = catalog.base_of(self.compare, self.models) or base
+        self.base = self._initial(config.base, base)
 
     def scan(self) -> tuple[list[ModelEntry], list[str]]:
         roots = None if self.config.roots is None else [Path(r) for r in self.config.roots]
@@ -116,7 +126,9 @@ class DemoApp:
         return fallback
 
     def choices(self) -> list[tuple[str, str]]:
-        return [(m.label, m.path) for m in self.models]
+        """Picker entries in two labelled groups: the user's models (newest first), then the bundled checkpoints."""
+        yours, bundled = catalog.split_bundled(self.models, self.checkpoints)
+        return [(f"{YOURS} › {m.label}", m.path) for m in yours] + [(f"{BUNDLED} › {m.label}", m.path) for m in bundled]
 
     def _entry(self, path) -> ModelEntry | None:
         try:
@@ -203,6 +215,30 @@ class DemoApp:
     def _generate_failed(msg: str):
         return None, None, "", "", "", {"error": msg}, f"⚠️ **{msg}**"
 
+    def first_look(self, base_path, cmp_path, *rest):
+        """On page open: Generate with the page's initial inputs, so that the first screen already shows both models.
+        Without a pair (no erased model yet) nothing is drawn and the hint names the command that makes one; a
+        failure is a status message, as for a click."""
+        if not base_path or not cmp_path:
+            return None, None, "", "", "", {}, ""
+        out = self._safe(self._generate_failed)(self.generate)(base_path, cmp_path, *rest)
+        status = out[-1]
+        return (*out[:-1], "Generated as the page opened. " + status if status.startswith("Done") else status)
+
+    def more_seeds(self, *inputs):
+        """After Generate (or the first look): GALLERY_SEEDS seeds per model, from the Seed box on, in the galleries.
+        A bad input or failure was already reported by Generate: the galleries are just emptied (the log keeps the
+        details of an unexpected failure)."""
+        try:
+            req = runtime.check_request(*inputs)
+            seeds = runtime.seed_gallery(self.cache, req, GALLERY_SEEDS)
+        except SFDError:
+            return [], []
+        except Exception:  # noqa: BLE001 - the page must answer
+            traceback.print_exc(file=sys.stderr)
+            return [], []
+        return seeds["base"], seeds["compare"]
+
     def models_changed(self, base_path, cmp_path):
         """Show prompt or class inputs for the chosen kind; class choices of the base model; the hint."""
         base = self._entry(base_path) or self._entry(cmp_path)
@@ -226,9 +262,9 @@ class DemoApp:
         choices = self.choices()
         paths = [p for _, p in choices]
         if not cmp_path or cmp_path not in paths:
-            _, c = catalog.default_pair(self.models)
+            _, c = catalog.newest_pair(self.models, self.checkpoints)
             b = self._entry(base_path)
-            candidates = [m for m in self.models if m.erased and (b is None or m.kind == b.kind)]
+            candidates = [m for m in map(self._entry, paths) if m is not None and m.erased and (b is None or m.kind == b.kind)]
             cmp_path = candidates[0].path if candidates else (c.path if c else cmp_path)
         return (gr.update(choices=choices, value=base_path), gr.update(choices=choices, value=cmp_path),
                 self.hint(base_path, cmp_path))
@@ -291,7 +327,9 @@ class DemoApp:
                         gr.Examples([[p] for p in retained], inputs=[prompt], label="Prompts of retained concepts",
                                     cache_examples=False)
                 with gr.Column(visible=is_class) as class_group:
-                    cls = gr.Dropdown(class_names, value=class_names[0] if class_names else None, label="Class",
+                    # The erased class first: the first screen then shows the erasure (the original draws it, the erased model not).
+                    cls0 = erased_cls[0] if erased_cls and erased_cls[0] in class_names else (class_names[0] if class_names else None)
+                    cls = gr.Dropdown(class_names, value=cls0, label="Class",
                                       allow_custom_value=True, elem_id="class")
                     with gr.Row():
                         gr.Examples([[c] for c in erased_cls], inputs=[cls], label="Erased class", cache_examples=False)
@@ -307,9 +345,13 @@ class DemoApp:
                     with gr.Column():
                         img_a = gr.Image(label="Original", type="pil", format="png", interactive=False, elem_id="base-image", height=300)
                         info_a = gr.Markdown(elem_id="base-info")
+                        gal_a = gr.Gallery(label=f"Original: {GALLERY_SEEDS} seeds", columns=GALLERY_SEEDS, rows=1, format="png",
+                                           interactive=False, object_fit="contain", elem_id="base-seeds")
                     with gr.Column():
                         img_b = gr.Image(label="Erased", type="pil", format="png", interactive=False, elem_id="cmp-image", height=300)
                         info_b = gr.Markdown(elem_id="cmp-info")
+                        gal_b = gr.Gallery(label=f"Erased: {GALLERY_SEEDS} seeds", columns=GALLERY_SEEDS, rows=1, format="png",
+                                           interactive=False, object_fit="contain", elem_id="cmp-seeds")
                 scores = gr.Markdown(elem_id="scores")
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON(elem_id="details")
@@ -341,9 +383,14 @@ class DemoApp:
                        [base, cmp], kind_outputs, queue=False, api_visibility="private")
             refresh.click(self._safe(lambda m: (gr.update(), gr.update(), f"⚠️ {m}"))(self.refresh), [base, cmp], [base, cmp, hint],
                           queue=False, api_name="refresh")
-            go.click(self._safe(self._generate_failed)(self.generate),
-                     [base, cmp, prompt, negative, cls, seed, steps, guidance, nudenet, concepts],
-                     [img_a, img_b, info_a, info_b, scores, details, status], api_name="generate", concurrency_id="sample")
+            gen_inputs = [base, cmp, prompt, negative, cls, seed, steps, guidance, nudenet, concepts]
+            gen_outputs = [img_a, img_b, info_a, info_b, scores, details, status]
+            # The galleries follow in a second step, so the two main images show as soon as they are drawn.
+            go.click(self._safe(self._generate_failed)(self.generate), gen_inputs, gen_outputs, api_name="generate",
+                     concurrency_id="sample") \
+                .then(self.more_seeds, gen_inputs, [gal_a, gal_b], api_visibility="private", concurrency_id="sample")
+            demo.load(self.first_look, gen_inputs, gen_outputs, api_visibility="private", concurrency_id="sample") \
+                .then(self.more_seeds, gen_inputs, [gal_a, gal_b], api_visibility="private", concurrency_id="sample")
             audit_go.click(self._safe(self._audit_failed)(self.audit),
                            [base, cmp, audit_text, audit_file, audit_n, audit_seed, steps, guidance, nudenet, concepts],
                            [audit_status, audit_summary, audit_gallery, audit_files, audit_html], api_name="audit",

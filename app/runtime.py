@@ -222,15 +222,21 @@ class ModelCache:
             return cached, True
 
 
-def sample(cached: CachedModel, req: Request) -> tuple[torch.Tensor, float]:
-    """One image (1, C, H, W) in [0, 1], quantised to 8 bits as a PNG stores it, and the sampling seconds."""
+def seeds_from(seed: int, n: int) -> list[int]:
+    """n consecutive seeds from `seed`, wrapping past MAX_SEED (so seed MAX_SEED still gives n valid seeds)."""
+    return [(seed + k) % (MAX_SEED + 1) for k in range(n)]
+
+
+def sample(cached: CachedModel, req: Request, n: int = 1) -> tuple[torch.Tensor, float]:
+    """n images (n, C, H, W) in [0, 1] from seeds req.seed, req.seed + 1, ... (one generator each, in one batch),
+    quantised to 8 bits as a PNG stores them, and the sampling seconds."""
     import torch
 
     m = cached.loaded
-    gen = torch.Generator().manual_seed(req.seed)  # CPU noise: the same image on any device
+    gens = [torch.Generator().manual_seed(s) for s in seeds_from(req.seed, n)]  # CPU noise: the same image on any device
     with cached.lock:
         t0 = time.perf_counter()
-        images = m.family.sample(m.pipe, [req.caption], [gen], steps=req.steps, guidance=req.guidance,
+        images = m.family.sample(m.pipe, [req.caption] * n, gens, steps=req.steps, guidance=req.guidance,
                                  negative_prompt=req.negative_prompt or None)
         seconds = time.perf_counter() - t0
     images = images.float().cpu().clamp(0, 1)
@@ -397,6 +403,17 @@ def compare(cache: ModelCache, scorers: Scorers, req: Request) -> dict:
             "score_seconds": round(score_seconds, 4), "notes": notes,
         },
     }
+
+
+def seed_gallery(cache: ModelCache, req: Request, n: int) -> dict[str, list]:
+    """{"base": [...], "compare": [...]}: n seeds from req.seed through each model with the same sampler as
+    `compare`, as (display image, "seed N") pairs for a gallery: several seeds show an erasure at a glance."""
+    out = {}
+    for name, entry in (("base", req.base), ("compare", req.compare)):
+        cached, _ = cache.get(entry)
+        images, _ = sample(cached, req, n)
+        out[name] = [(to_display(images[k:k + 1]), f"seed {s}") for k, s in enumerate(seeds_from(req.seed, n))]
+    return out
 
 
 def _jsonable(d: dict) -> dict:

@@ -71,15 +71,17 @@ def add_parsers(sub) -> None:
     d.add_argument("--host", default="127.0.0.1", help=LOOPBACK_HELP)
     d.add_argument("--port", type=_nonneg_int("--port"), default=7860, help="port (default 7860; 0 picks a free one)")
     d.add_argument("--model", action="append", help="model folder to offer besides checkpoints/ and runs/ (repeatable)")
-    d.add_argument("--base", help="original model shown first (default: checkpoints/shapes/teacher if present)")
-    d.add_argument("--compare", help="erased model shown first (default: one erased from the base model, found in runs/)")
+    d.add_argument("--base", help="original model shown first (default: the teacher the --compare model was erased from)")
+    d.add_argument("--compare", help="erased model shown first (default: the one written most recently under runs/ or --model; "
+                                     "without any, the bundled shapes one-step base)")
     d.add_argument("--clip", help="open_clip folder for concept scores (default: checkpoints/shapes/clip)")
     d.add_argument("--judge", help="classifier judge for class-conditional models (default: checkpoints/digits/judge)")
     d.add_argument("--concurrency", type=_pos_int("--concurrency"), default=1,
                    help="generations run at once (default 1: on a CPU each one already uses the cores)")
     d.add_argument("--threads", type=_pos_int("--threads"), help="CPU threads for torch (default: torch's)")
     d.add_argument("--work-dir", help="folder for the audits run from the page (default: a new temporary folder)")
-    d.add_argument("--no-preload", action="store_true", help="do not load the default models in the background at start")
+    d.add_argument("--no-preload", action="store_true",
+                   help="do not load the default models in the background at start (the page still draws them when opened)")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     d.set_defaults(func=cmd_demo)
 

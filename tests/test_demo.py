@@ -2,13 +2,15 @@
 
 The app runs in-process on a free port on 127.0.0.1: a tiny Stable Diffusion teacher and a one-step "erased"
 model (its sfd_config.json names 'red'), a tiny CLIP, and a tiny class-conditional teacher, its one-step
-"erased" model and a judge. Generation on both models returns images, times and scores; bad inputs return a
+"erased" model and a judge. The teachers stand for the bundled checkpoints (models/checkpoints/), the erased
+models for the user's runs (models/runs/); the shapes run is the newer one. Generation on both models returns images, times and scores; bad inputs return a
 message in the status output, never an exception.
 """
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,7 @@ def build_demo_world(root: Path) -> dict:
 
     models = root / "models"
     sd = build_tiny_sd()
-    teacher = models / "shapes" / "teacher"
+    teacher = models / "checkpoints" / "shapes" / "teacher"
     sd.save_pretrained(teacher, safe_serialization=True)
     meta = shapes.world_meta(num_inference_steps=2, guidance_scale=4.0)
     (teacher / "sfd_world.json").write_text(json.dumps(meta))
@@ -47,7 +49,7 @@ def build_demo_world(root: Path) -> dict:
 
     sched = HeunDiscreteScheduler(**teacher_scheduler_config(), use_karras_sigmas=True)
     unet = tiny_class_unet()
-    dteacher = models / "digits" / "teacher"
+    dteacher = models / "checkpoints" / "digits" / "teacher"
     ClassConditionalPipeline(unet=unet, scheduler=sched, class_names=CLASS_NAMES, default_guidance_scale=1.0,
                              default_num_inference_steps=2).save_pretrained(dteacher, safe_serialization=True)
     derased = models / "runs" / "digits-no-one"
@@ -60,15 +62,24 @@ def build_demo_world(root: Path) -> dict:
     ClipEvaluator.from_config(cfg, shapes.CLIP_MEAN, shapes.CLIP_STD, seed=0).save_pretrained(root / "clip", dtype=torch.float32)
     torch.manual_seed(0)
     ConvJudge(JudgeConfig(num_classes=4, class_names=tuple(CLASS_NAMES))).save_pretrained(root / "judge")
+    make_newest(erased, derased)
     return {"root": root, "models": models, "teacher": teacher, "erased": erased, "digits_teacher": dteacher,
             "digits_erased": derased, "clip": root / "clip", "judge": root / "judge"}
+
+
+def make_newest(newest: Path, *others: Path) -> None:
+    """Date the models' sfd_config.json (what the demo orders runs by): `newest` an hour after the others."""
+    now = time.time()
+    for k, folder in enumerate(others):
+        os.utime(folder / "sfd_config.json", (now - 7200 + k, now - 7200 + k))
+    os.utime(newest / "sfd_config.json", (now - 3600, now - 3600))
 
 
 def demo_config(world: dict, **kw):
     from app.demo import DemoConfig
 
-    defaults = dict(roots=(str(world["models"]),), clip=str(world["clip"]), judge=str(world["judge"]),
-                    work_dir=str(world["root"] / "work"), preload=False)
+    defaults = dict(roots=(str(world["models"]),), checkpoints=str(world["models"] / "checkpoints"), clip=str(world["clip"]),
+                    judge=str(world["judge"]), work_dir=str(world["root"] / "work"), preload=False)
     return DemoConfig(**{**defaults, **kw})
 
 
@@ -138,6 +149,104 @@ def test_catalog_finds_models_default_pair_and_erase_hint(world):
     assert "a painting of Van Gogh" in generic[0]
     with pytest.raises(SFDError, match="not a diffusers pipeline folder"):
         catalog.describe_model(world["clip"])
+
+
+def test_demo_opens_on_the_newest_run_beside_its_own_teacher(world, tmp_path):
+    from app import catalog
+    from app.demo import BUNDLED, YOURS, DemoApp
+
+    ckpt = world["models"] / "checkpoints"
+    models, _ = catalog.scan([world["models"]])
+    pair = lambda ms: tuple(Path(m.path).name if m else None for m in catalog.newest_pair(ms, ckpt))  # noqa: E731
+    assert pair(models) == ("teacher", "shapes-no-red") and _same_path(catalog.newest_pair(models, ckpt)[0].path, world["teacher"])
+    yours, bundled = catalog.split_bundled(models, ckpt)
+    assert [Path(m.path).name for m in yours] == ["shapes-no-red", "digits-no-one"]  # newest first
+    assert {Path(m.path).parent.name for m in bundled} == {"shapes", "digits"}
+    make_newest(world["digits_erased"], world["erased"])  # e.g. `make quickstart` after a shapes erase
+    try:
+        models, _ = catalog.scan([world["models"]])
+        base, cmp = catalog.newest_pair(models, ckpt)
+        assert _same_path(cmp.path, world["digits_erased"]) and _same_path(base.path, world["digits_teacher"])
+        app = DemoApp(demo_config(world))
+        assert (app.base.path, app.compare.path) == (base.path, cmp.path)
+        labels = [label for label, _ in app.choices()]
+        assert labels[0].startswith(f"{YOURS} › ") and "digits-no-one" in labels[0] and "shapes-no-red" in labels[1]
+        assert all(lab.startswith(f"{BUNDLED} › ") for lab in labels[2:]) and len(labels) == 4
+    finally:
+        make_newest(world["erased"], world["digits_erased"])
+    # A newer run (given with --model) whose teacher is gone is passed over; a --model path is the user's, not bundled.
+    orphan = tmp_path / "orphan"
+    shutil.copytree(world["erased"], orphan)
+    (orphan / "sfd_config.json").write_text(json.dumps({"base_model": str(tmp_path / "gone"), "concepts": {"forget": ["blue"]}}))
+    models, problems = catalog.scan([world["models"]], [str(orphan)])
+    assert not problems and catalog.split_bundled(models, ckpt)[0][0].path == catalog.display_path(orphan)
+    assert pair(models) == ("teacher", "shapes-no-red")
+    # No run at all: today's default pair. A run's teacher outside the scanned folders is listed beside it.
+    bundled_only = [m for m in models if catalog.is_bundled(m, ckpt)]
+    assert catalog.newest_pair(bundled_only, ckpt) == catalog.default_pair(bundled_only)
+    runs_only, _ = catalog.scan([world["models"] / "runs"])
+    assert {Path(m.path).parent.name for m in runs_only if not m.erased} == {"shapes", "digits"}
+    # --compare alone opens beside the teacher it was erased from.
+    app = DemoApp(demo_config(world, compare=str(world["digits_erased"])))
+    assert _same_path(app.base.path, world["digits_teacher"])
+
+
+def _initial_inputs(app):
+    """The values the page's Generate inputs start with (what gradio passes to the load event)."""
+    demo = app.build()
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    deps = demo.config["dependencies"]
+    loads = [d for d in deps if any(t[1] == "load" for t in d["targets"])]
+    loads += [d for d in deps if loads and d.get("trigger_after") == loads[0]["id"]]  # what runs after it (.then)
+    names = ["base-model", "cmp-model", "prompt", "negative", "class", "seed", "steps", "guidance", "nudenet", "concepts"]
+    return demo, loads, [by_id[n].value for n in names]
+
+
+def test_the_page_generates_both_sides_as_it_opens(world):
+    from PIL import Image
+
+    from app.demo import GALLERY_SEEDS, DemoApp
+
+    app = DemoApp(demo_config(world))
+    demo, loads, inputs = _initial_inputs(app)
+    assert len(loads) == 2  # the first look, then its galleries
+    assert inputs[:3] == [app.base.path, app.compare.path, "a red circle"]
+    img_a, img_b, info_a, info_b, scores, details, status = app.first_look(*inputs)
+    assert isinstance(img_a, Image.Image) and isinstance(img_b, Image.Image) and img_a.size[0] >= 128
+    assert status.startswith("Generated as the page opened. Done: same seed 0"), status
+    assert "| CLIP: red |" in scores and details["models"]["compare"]["erased"] == ["red"]
+    gal_a, gal_b = app.more_seeds(*inputs)
+    assert [c for _, c in gal_a] == [c for _, c in gal_b] == [f"seed {s}" for s in range(GALLERY_SEEDS)]
+    assert all(isinstance(im, Image.Image) and im.size == img_a.size for im, _ in gal_a + gal_b)
+    assert len({im.tobytes() for im, _ in gal_a}) == GALLERY_SEEDS  # three seeds, three different images
+    # A class pair opens on the erased class, so the first screen shows the erasure.
+    capp = DemoApp(demo_config(world, compare=str(world["digits_erased"])))
+    _, _, cinputs = _initial_inputs(capp)
+    assert cinputs[4] == "one"
+    out = capp.first_look(*cinputs)
+    assert out[0] is not None and out[1] is not None and "Done" in out[6], out[6]
+    assert [len(g) for g in capp.more_seeds(*cinputs)] == [GALLERY_SEEDS, GALLERY_SEEDS]
+
+
+def test_the_first_look_reports_problems_as_a_status_message(world, tmp_path):
+    from app.demo import DemoApp
+
+    broken = tmp_path / "runs" / "broken"
+    shutil.copytree(world["erased"], broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    os.utime(broken / "sfd_config.json")  # written now: the newest run
+    app = DemoApp(demo_config(world, models=(str(broken),)))
+    assert _same_path(app.compare.path, broken)  # the newest run, though it cannot load
+    _, _, inputs = _initial_inputs(app)
+    out = app.first_look(*inputs)
+    assert out[1] is None and out[6].startswith("⚠️") and "could not load" in out[6] and "Traceback" not in out[6]
+    assert app.more_seeds(*inputs) == ([], [])
+    # No erased model yet: nothing is drawn, no error; the hint names the command that makes one.
+    only = tmp_path / "only"
+    shutil.copytree(world["teacher"], only / "shapes" / "teacher")
+    lone = DemoApp(demo_config(world, roots=(str(only),)))
+    _, _, inputs = _initial_inputs(lone)
+    assert lone.first_look(*inputs) == (None, None, "", "", "", {}, "") and lone.more_seeds(*inputs) == ([], [])
 
 
 def test_input_checks_give_one_line_messages(world):

@@ -1,8 +1,11 @@
-"""The demo page in headless Chromium: click Generate, both images appear (loaded, non-zero size), screenshot.
+"""The demo page in headless Chromium, as a newcomer sees it after `make quickstart`: without any click, the
+first screen shows images of both models (the newest run beside its teacher, a few seeds each); Generate then
+redraws them; a bad input shows a message.
 
 Needs Debian's chromium and the `playwright` Python package (its own browser download is not used:
 `executable_path` points at the system Chromium); skips with a reason when either is missing. The models are
-the tiny random stand-ins of test_demo.py. Set SFD_SCREENSHOT_DIR to keep the screenshot.
+the tiny random stand-ins of test_demo.py, the digits run dated newest (what `make quickstart` leaves). Set
+SFD_SCREENSHOT_DIR to keep the screenshot.
 """
 
 import os
@@ -13,13 +16,19 @@ import torch
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from test_demo import build_demo_world, demo_config  # noqa: E402
+from test_demo import build_demo_world, demo_config, make_newest  # noqa: E402
 from test_report_browser import CHROMIUM_ARGS, find_chromium  # noqa: E402
 
 LOCAL = ("http://127.0.0.1", "data:", "blob:", "about:")
 
 
-def test_demo_page_generates_both_images_in_headless_chromium(tmp_path):
+LOADED = """sels => sels.every(([sel, n]) => {
+    const imgs = [...document.querySelectorAll(sel)];
+    return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); })"""
+SHOWN = [["#base-image img", 1], ["#cmp-image img", 1], ["#base-seeds img", 3], ["#cmp-seeds img", 3]]
+
+
+def test_demo_first_screen_shows_both_models_without_a_click(tmp_path):
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no Chromium found (apt-get install -y chromium, or set SFD_CHROMIUM)")
@@ -29,6 +38,7 @@ def test_demo_page_generates_both_images_in_headless_chromium(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     world = build_demo_world(tmp_path / "world")
+    make_newest(world["digits_erased"], world["erased"])  # `make quickstart` after a shapes erase
     demo, app, url = launch(demo_config(world), host="127.0.0.1", port=0, block=False, quiet=True)
     shot = tmp_path / "demo.png"
     try:
@@ -42,28 +52,30 @@ def test_demo_page_generates_both_images_in_headless_chromium(tmp_path):
                 requests = []
                 page.on("request", lambda r: requests.append(r.url))
                 page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-                page.wait_for_selector("#generate", timeout=60_000)
-                hint = page.locator("#hint").inner_text()
-                assert "Comparing" in hint and "erased: red" in hint and "**" not in hint  # markdown rendered, not raw
-                assert page.locator("#prompt textarea").input_value() == "a red circle"
-                page.click("#generate")
-                page.wait_for_function(
-                    """() => ['#base-image img', '#cmp-image img'].every(s => {
-                           const i = document.querySelector(s);
-                           return i && i.complete && i.naturalWidth > 0; })""", timeout=120_000)
+                # No click: the page draws both models as it opens.
+                page.wait_for_function(LOADED, arg=SHOWN, timeout=60_000)
                 page.wait_for_selector("#scores table", timeout=30_000)
+                hint = page.locator("#hint").inner_text()
+                assert "digits-no-one" in hint and "erased: one" in hint and "**" not in hint  # markdown rendered, not raw
+                assert page.locator("#status").inner_text().startswith("Generated as the page opened. Done: same seed 0")
+                assert page.locator("#class input").input_value() == "one"  # the erased class, to show the erasure
                 sizes = page.eval_on_selector_all(
-                    "#base-image img, #cmp-image img",
+                    "#base-image img, #cmp-image img, #base-seeds img, #cmp-seeds img",
                     "imgs => imgs.map(i => [i.naturalWidth, i.getBoundingClientRect().width, i.getBoundingClientRect().height])")
-                assert len(sizes) == 2 and all(n >= 128 and w > 50 and h > 50 for n, w, h in sizes), sizes
+                assert len(sizes) == 8 and all(n >= 128 and w > 30 and h > 30 for n, w, h in sizes), sizes
                 assert "one step" in page.locator("#cmp-info").inner_text()
-                assert "CLIP: red" in page.locator("#scores").inner_text()
-                assert page.locator("#status").inner_text().startswith("Done")
+                assert "erased class (one)" in page.locator("#scores").inner_text()
                 page.screenshot(path=str(shot), full_page=True)
-                # A bad input shows a message on the page, not an error page.
-                page.fill("#prompt textarea", "")
+                # Generate redraws from the Seed box; the galleries follow.
+                page.fill("#seed input", "5")
                 page.click("#generate")
-                page.wait_for_function("() => document.querySelector('#status').innerText.includes('prompt is empty')", timeout=60_000)
+                page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Done: same seed 5')",
+                                       timeout=60_000)
+                page.wait_for_function("() => document.querySelector('#cmp-seeds').innerText.includes('seed 7')", timeout=60_000)
+                # A bad input shows a message on the page, not an error page.
+                page.fill("#seed input", "-1")
+                page.click("#generate")
+                page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed must be')", timeout=60_000)
                 assert "Traceback" not in page.locator("body").inner_text()
                 outside = [u for u in requests if not u.startswith(LOCAL)]
                 assert not outside, f"the page fetched from outside this machine: {outside[:5]}"
