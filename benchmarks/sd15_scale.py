@@ -5,6 +5,8 @@ roles, random weights.
   python benchmarks/sd15_scale.py --model sd15 --mode lora --steps 1     # one measured configuration (CPU fp32 or CUDA)
   python benchmarks/sd15_scale.py --all --resolutions 256,512            # every (model, mode) in its own process
   python benchmarks/sd15_scale.py --tiny --steps 2                       # the same code path with a tiny UNet (smoke test)
+  python benchmarks/sd15_scale.py --cli --resolution 256                 # the whole `sfd erase --single-stage --lora --steps 1`
+                                                                          # on a written SD-1.5 folder, peak RSS per phase
 
 Nothing is downloaded: the UNets are built from the published configs below with random weights, and the text
 conditioning is random tensors of the real shapes (77 x 768 for SD-1.5; 77 x 2048, a pooled 1280 and 6 time ids for
@@ -222,6 +224,82 @@ def project(result: dict, resolution: int) -> dict:
             "total_gib": static_gpu + activations * scale / 2, "from_cpu_resolution": result["resolution"]}
 
 
+def write_sd15_pipeline(folder: str | Path, resolution: int, tiny: bool = False) -> Path:
+    """A StableDiffusionPipeline folder with random weights: the real SD-1.5 UNet (sample_size = resolution / 8), a
+    CLIP text encoder of SD-1.5's width (768) but one layer, and a small VAE with SD's factor 8 (the UNet is what
+    costs memory; the text encoder and VAE are small at any size and run without gradients)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sfd.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+
+    torch.manual_seed(0)
+    model = "tiny" if tiny else "sd15"
+    unet = build_network(model, sample_size=resolution // 8)
+    width = MODELS[model]["cross_attention_dim"]
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=1,
+                                        num_attention_heads=8, max_position_embeddings=77, bos_token_id=49406,
+                                        eos_token_id=49407, pad_token_id=49407, projection_dim=width))
+    vae = AutoencoderKL(block_out_channels=(8, 16, 16, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    sched = PNDMScheduler(**SD_SCHEDULER, skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(), unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def traced_cli(argv: list[str]) -> None:
+    """Run `sfd` in this process and print, as a JSON line, the peak resident memory up to the end of training
+    (loading + iterations: the kernel's high-water mark, VmHWM, read when training returns) and of the whole command
+    (VmHWM at exit). The mark is not reset in between (/proc/self/clear_refs would also erase the earlier peak from
+    what GNU time reports); a whole-command peak above the training one is what saving added."""
+    import sfd.erase
+    from sfd.cli import main as sfd_main
+
+    phases: dict = {}
+    run_training = sfd.erase.run_training
+
+    def marked(*args, **kwargs):
+        result = run_training(*args, **kwargs)
+        phases["peak_until_training_end_gib"] = _status_kib("VmHWM") * 1024 / GIB
+        phases["rss_at_training_end_gib"] = _status_kib("VmRSS") * 1024 / GIB
+        return result
+
+    sfd.erase.run_training = marked
+    rc = sfd_main(argv)
+    phases["peak_whole_command_gib"] = _status_kib("VmHWM") * 1024 / GIB
+    print("PHASES " + json.dumps(phases), flush=True)
+    sys.exit(rc)
+
+
+def measure_cli(resolution: int, workdir: str, tiny: bool = False) -> dict:
+    """`sfd erase --single-stage --lora --steps 1` on a random-weight SD-1.5 folder under GNU time (`/usr/bin/time -v`,
+    the maximum resident size of the whole command), with the per-phase peaks of `traced_cli`."""
+    work = Path(workdir)
+    model = write_sd15_pipeline(work / "sd15-random", resolution, tiny=tiny)
+    sfd_args = ["erase", "--model", str(model), "--single-stage", "--lora", "--steps", "1", "--forget", "nudity",
+                "--override", "a person, dressed", "--out", str(work / "erased"), "--overwrite", "--quiet"]
+    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--traced-cli", "--", *sfd_args]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    seconds = time.perf_counter() - t0
+    if r.returncode:
+        raise SystemExit(f"sfd erase failed ({r.returncode}): {r.stderr[-2000:]}")
+    max_kib = next(int(line.split(":")[1]) for line in r.stderr.splitlines() if "Maximum resident set size" in line)
+    phases = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("PHASES "))[len("PHASES "):])
+    return {"command": "sfd " + " ".join(sfd_args), "resolution": resolution, "unet": "tiny" if tiny else "sd15 (860M, real config)",
+            "gnu_time_max_rss_gib": max_kib * 1024 / GIB, "wall_seconds": seconds, **phases,
+            "stdout_tail": r.stdout.strip().splitlines()[-3:]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paper", action="store_true", help="only the parameter-count estimates (UNets built on the meta device)")
@@ -235,8 +313,15 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--cli", action="store_true", help="the whole `sfd erase --single-stage --lora --steps 1` command on a written "
+                                                       "random-weight SD-1.5 folder at --resolution, under GNU time")
+    ap.add_argument("--workdir", default="/tmp/sd15-cli", help="with --cli: where the pipeline folder and the output go")
+    if len(sys.argv) > 1 and sys.argv[1] == "--traced-cli":  # the child of --cli: `sfd` itself, phases traced
+        traced_cli(sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:])
     a = ap.parse_args()
-    if a.paper:
+    if a.cli:
+        result = measure_cli(a.resolution, a.workdir, tiny=a.tiny)
+    elif a.paper:
         result = {}
         for m in ("sd15", "sdxl", "sd35m", "flux"):
             n, n_lora = count_params(m), lora_params(m, a.rank)

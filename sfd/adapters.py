@@ -170,7 +170,13 @@ def merged_copy(unet: nn.Module, name: str, state: dict[str, torch.Tensor] | Non
     """A plain network (no peft layers) equal to the base weights with adapter `name` (its current weights, or
     `state`) merged in, in fp32: what the merged one-step folder stores. `base`: full-precision base weights to
     merge into (e.g. reloaded from disk when the UNet was kept in bf16); default: `unet`'s own."""
-    work = copy.deepcopy(unet).float()
+    return merge_in_place(copy.deepcopy(unet), name, state, base)
+
+
+def merge_in_place(unet: nn.Module, name: str, state: dict[str, torch.Tensor] | None = None, base: nn.Module | None = None) -> nn.Module:
+    """`merged_copy` without the copy: `unet` itself becomes the plain fp32 network with adapter `name` merged in, and
+    every adapter on it is gone. For when training is over: a copy of an SD-sized network is gigabytes."""
+    work = unet.float()
     if state is not None:
         load_adapter_state(work, name, state)
     if base is not None:

@@ -102,6 +102,23 @@ class FullRoles:
     def export_fake(self) -> nn.Module:
         return copy.deepcopy(self.fake.unet).eval()
 
+    # ------------------------------------------------------------------------------- after training
+    def finish_fake(self) -> nn.Module:
+        """Once training is over: the fake score's own network (no copy). Call before `finish_generator`."""
+        return self.fake.unet.eval()
+
+    def finish_generator(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Once training is over: the generator's own network with `state` (the EMA) loaded, not a copy; the fake
+        score is dropped. The roles are not trained after this."""
+        net = self.generator.unet
+        if state is not None:
+            ref = net.state_dict()
+            with torch.no_grad():
+                for k, v in state.items():
+                    ref[k].copy_(v)
+        self.fake = None
+        return net.requires_grad_(False).eval()
+
 
 class LoraRoles:
     """Teacher, fake score and generator on one frozen UNet: two LoRA adapters, and the adapters off for the teacher."""
@@ -195,3 +212,15 @@ class LoraRoles:
 
     def export_fake(self) -> nn.Module:
         return adapters.merged_copy(self.unet, FAKE_ADAPTER)
+
+    # ------------------------------------------------------------------------------- after training
+    def finish_fake(self) -> nn.Module:
+        """Once training is over: the fake score merged into a plain network. A copy: the generator's adapter still
+        needs the base weights (`finish_generator` merges it in place afterwards)."""
+        return self.export_fake()
+
+    def finish_generator(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Once training is over: the generator's base network itself with its adapter (`state`, e.g. the EMA)
+        merged in, fp32: no copy of the network (the merged copy of `export_generator` raised the peak of a whole
+        `sfd erase` above its training's). All adapters leave that network; the roles are not usable after this."""
+        return adapters.merge_in_place(self.gen_unet, GENERATOR_ADAPTER, state)

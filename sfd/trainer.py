@@ -27,6 +27,8 @@ from .ema import EMA
 from .errors import DivergenceError, Interrupted, SFDError
 from .generators import OneStepConvention
 from .losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
+from .memory import (GIB, Choice, OutOfMemory, PeakMeter, available_bytes, choose_micro_batches, is_out_of_memory,
+                     out_of_memory_message, return_freed_memory, trial_count, valid_counts)
 from .roles import FullRoles
 from .tree import tree_map
 
@@ -68,10 +70,12 @@ class SFDTrainer:
         gradient_checkpointing: bool = False,
         autocast_dtype: torch.dtype | None = None,
         latent_shape: tuple[int, ...] | None = None,
+        adversary=None,
     ):
         """`roles`: the teacher, fake score and generator (`sfd.roles`); a plain teacher `Denoiser` means full copies
         of it with SiD's generator at `config.t_init`. `spec.sample(n_retain, n_forget, rng, device,
-        for_fake_training)` yields the condition batches.
+        for_fake_training)` yields the condition batches. `adversary`: robust SFD's adversarial forget rows
+        (`sfd.robust.AdversarialForget`, built beside the roles; None: plain SFD, untouched).
 
         Memory options for Stable-Diffusion-sized UNets, used when the roles are built here: `frozen_dtype`
         (bf16/fp16) for the teacher only, after the trainable copies are taken in fp32; `gradient_checkpointing`
@@ -85,15 +89,19 @@ class SFDTrainer:
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
         for name in ("batch_retain", "batch_forget"):
-            if getattr(config, name) % (self.world * config.micro_batches):
+            if getattr(config, name) % (self.world * max(config.micro_batches, 1)):
                 raise SFDError(f"{name}={getattr(config, name)} is not divisible by the {self.world} processes x "
-                               f"{config.micro_batches} micro-batches")
+                               f"{max(config.micro_batches, 1)} micro-batches")
+        # config.micro_batches 0: chosen from the memory available on the first iteration (resolve_micro_batches).
+        self.micro_batches: int | None = config.micro_batches or None
+        self.micro_choice: Choice | None = None
         if not hasattr(roles, "generator_parameters"):  # a teacher denoiser: full copies of it
             roles = FullRoles(roles, OneStepConvention(config.t_init), self.device, frozen_dtype=frozen_dtype,
                               gradient_checkpointing=gradient_checkpointing)
         self.roles = roles
         self.teacher, self.fake, self.generator = roles.teacher, roles.fake, roles.generator
         self.autocast_dtype = autocast_dtype
+        self.adversary = adversary
         # Trained through these views (DDP wrappers, or the plain roles with a manual all-reduce); evaluated plain.
         self.generator_train, self.fake_train, self.sync_gradients = roles.train_views(self.world, self.device)
         self.sigma_init = self.generator.sigma_init
@@ -120,6 +128,8 @@ class SFDTrainer:
         """Conditions, latents z, sigmas and noise of one global batch, then this process's rows of it."""
         c = self.config
         batch = self.spec.sample(c.batch_retain, c.batch_forget, self.rng, self.device, for_fake_training=for_fake_training)
+        if self.adversary is not None:  # robust SFD: this iteration's adversarial forget rows, before the split
+            batch = self.adversary.rows(batch, self.step_count)
         n = c.batch_retain + c.batch_forget
         z = torch.randn((n, *self.latent_shape), generator=self.rng)
         t = torch.randint(c.t_min, c.t_max, (n,), generator=self.rng)
@@ -151,10 +161,11 @@ class SFDTrainer:
         optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------------------ steps
-    def _micro_batches(self, batch: ConditionBatch, z, sigma, noise):
-        """This process's rows in `config.micro_batches` equal parts, each with its share of retain and forget rows, so
-        that the mean of the parts' losses is the whole batch's (gradient accumulation for batches that do not fit)."""
-        m = self.config.micro_batches
+    def _micro_batches(self, batch: ConditionBatch, z, sigma, noise, m: int | None = None):
+        """This process's rows in `m` (default: the run's count) equal parts, each with its share of retain and forget
+        rows, so that the mean of the parts' losses is the whole batch's (gradient accumulation for batches that do
+        not fit)."""
+        m = m or self.micro_batches or self.resolve_micro_batches().count
         if m == 1:
             yield batch, z, sigma, noise
             return
@@ -165,20 +176,42 @@ class SFDTrainer:
             d = idx.to(z.device)
             yield ConditionBatch(pick(batch.fake), pick(batch.teacher), r, f), z[d], sigma[d], noise[d]
 
+    def _fake_micro(self, batch: ConditionBatch, z, sigma, noise, m: int) -> dict:
+        """One micro-batch of the fake-score step: its loss (1/m of the batch's) backpropagated; its loss parts."""
+        c = self.config
+        with torch.no_grad(), self._autocast():
+            x_g = generate(self.generator, z, batch.fake).float()
+        with self._autocast():
+            per_sample = fake_score_loss(self.fake_train, x_g, sigma, noise, batch.fake, c.guidance_fake_train)
+        loss, parts = _split_weighted(per_sample, batch, c.lambda_fake_retain, c.lambda_fake_forget)
+        _check_finite(loss, "fake-score", self.step_count)
+        (loss / m).backward()
+        return parts
+
+    def _generator_micro(self, batch: ConditionBatch, z, sigma, noise, m: int) -> dict:
+        """One micro-batch of the generator step (SiD's loss with SFD's forget rows), backpropagated."""
+        c = self.config
+        with self._autocast():
+            x_g = generate(self.generator_train, z, batch.fake)
+            per_sample = generator_loss(
+                self.teacher, self.fake, x_g, sigma, noise,
+                teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
+                teacher_guidance=c.guidance_teacher, fake_guidance=c.guidance_fake_eval,
+            )
+        loss, parts = _split_weighted(per_sample, batch, c.lambda_gen_retain, c.lambda_gen_forget)
+        _check_finite(loss, "generator", self.step_count)
+        (loss / m).backward()
+        return parts
+
     def fake_step(self) -> dict:
         """Fit the fake score to the generator's current samples (x_g detached)."""
         c = self.config
         parts_sum: dict = {}
         self.roles.set_trainable(generator=False, fake=True)
-        for batch, z, sigma, noise in self._micro_batches(*self._global_batch(for_fake_training=True)):
-            with torch.no_grad(), self._autocast():
-                x_g = generate(self.generator, z, batch.fake).float()
-            with self._autocast():
-                per_sample = fake_score_loss(self.fake_train, x_g, sigma, noise, batch.fake, c.guidance_fake_train)
-            loss, parts = _split_weighted(per_sample, batch, c.lambda_fake_retain, c.lambda_fake_forget)
-            _check_finite(loss, "fake-score", self.step_count)
-            (loss / c.micro_batches).backward()
-            parts_sum = {k: parts_sum.get(k, 0.0) + v / c.micro_batches for k, v in parts.items()}
+        m = self.micro_batches or self.resolve_micro_batches().count
+        for micro in self._micro_batches(*self._global_batch(for_fake_training=True), m):
+            parts = self._fake_micro(*micro, m)
+            parts_sum = {k: parts_sum.get(k, 0.0) + v / m for k, v in parts.items()}
         self._clip_and_step(self.roles.fake_parameters(), self.opt_fake, c.grad_clip)
         return {"fake_" + k: v for k, v in parts_sum.items()}
 
@@ -187,21 +220,72 @@ class SFDTrainer:
         c = self.config
         parts_sum: dict = {}
         self.roles.set_trainable(generator=True, fake=False)  # fake score frozen, but gradients flow through its input
-        for batch, z, sigma, noise in self._micro_batches(*self._global_batch(for_fake_training=False)):
-            with self._autocast():
-                x_g = generate(self.generator_train, z, batch.fake)
-                per_sample = generator_loss(
-                    self.teacher, self.fake, x_g, sigma, noise,
-                    teacher_cond=batch.teacher, fake_cond=batch.fake, alpha=c.alpha,
-                    teacher_guidance=c.guidance_teacher, fake_guidance=c.guidance_fake_eval,
-                )
-            loss, parts = _split_weighted(per_sample, batch, c.lambda_gen_retain, c.lambda_gen_forget)
-            _check_finite(loss, "generator", self.step_count)
-            (loss / c.micro_batches).backward()
-            parts_sum = {k: parts_sum.get(k, 0.0) + v / c.micro_batches for k, v in parts.items()}
+        m = self.micro_batches or self.resolve_micro_batches().count
+        for micro in self._micro_batches(*self._global_batch(for_fake_training=False), m):
+            parts = self._generator_micro(*micro, m)
+            parts_sum = {k: parts_sum.get(k, 0.0) + v / m for k, v in parts.items()}
         self._clip_and_step(self.roles.generator_parameters(), self.opt_gen, c.grad_clip)
         self.ema.update(self.roles.generator_state())
         return {"gen_" + k: v for k, v in parts_sum.items()}
+
+    # ---------------------------------------------------------------------------------- micro-batches
+    def resolve_micro_batches(self) -> Choice:
+        """The run's micro-batch count, once: `config.micro_batches` if set, else the smallest count whose micro-batch
+        fits the memory available, measured on a trial micro-batch (`sfd.memory`). All processes take the largest
+        count any of them needs, so that their gradient all-reduces pair up."""
+        if self.micro_choice is not None:
+            return self.micro_choice
+        c = self.config
+        r, f = c.batch_retain // self.world, c.batch_forget // self.world
+        if c.micro_batches:
+            choice = Choice(c.micro_batches, r + f, "set by --micro-batches")
+        elif len(valid_counts(r, f)) == 1:
+            choice = Choice(1, r + f, f"{r} retain and {f} forget rows split into no smaller equal parts")
+        else:
+            choice = self._measured_choice(r, f)
+        if self.world > 1 and not c.micro_batches:
+            agreed = torch.tensor([choice.count], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            if int(agreed) != choice.count:
+                choice = Choice(int(agreed), r + f, choice.reason + "; another process needed more")
+        self.micro_choice, self.micro_batches = choice, choice.count
+        return choice
+
+    def _measured_choice(self, r: int, f: int) -> Choice:
+        """Run one trial micro-batch of each step, measure the memory it adds, and choose (`choose_micro_batches`).
+
+        The trial's gradients are dropped and the batch generator's state restored, so the run that follows is the
+        one it would have been with the chosen count given up front."""
+        m_t = trial_count(r, f)
+        rows = (r + f) // m_t
+        available = available_bytes(self.device)
+        nbytes = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731
+        gen_b, fake_b = nbytes(self.roles.generator_parameters()), nbytes(self.roles.fake_parameters())
+        state = self.rng.get_state()
+        peaks = []
+        try:
+            # The generator's step first: it is the larger, and memory the first trial frees may be reused by the second.
+            for micro, params, trainable, for_fake in ((self._generator_micro, self.roles.generator_parameters, (True, False), False),
+                                                       (self._fake_micro, self.roles.fake_parameters, (False, True), True)):
+                self.roles.set_trainable(*trainable)
+                part = next(iter(self._micro_batches(*self._global_batch(for_fake_training=for_fake), m_t)))
+                with PeakMeter(self.device).measure() as meter:
+                    with contextlib.suppress(DivergenceError):  # the step itself reports it, naming its loss
+                        micro(*part, m_t)
+                for p in params():
+                    p.grad = None
+                del part
+                peaks.append(meter.peak)
+        finally:
+            self.rng.set_state(state)
+        # Each trial's peak holds its gradients (allocated once, whatever the micro-batch's size) and its activations
+        # (per row). Still to come: Adam's two moments (at the first update) and its temporaries.
+        per_row = max(max(peaks[0] - gen_b, peaks[1] - fake_b), 0) / rows
+        adam_pending = 0 if self.opt_gen.state or self.opt_fake.state else 2 * (gen_b + fake_b)
+        fixed = 2 * max(gen_b, fake_b) + adam_pending
+        count = choose_micro_batches(per_row, fixed, available, r, f)
+        return Choice(count, r + f, f"chosen for the {available / GIB:.1f} GiB available: a trial micro-batch of {rows} rows "
+                                    f"added {max(peaks) / GIB:.2f} GiB; --micro-batches N sets it")
 
     @torch.no_grad()
     def _resolve_random_override(self, spec: ClassForgetSpec, n: int = 64) -> ClassForgetSpec:
@@ -238,10 +322,22 @@ class SFDTrainer:
                 group["lr"] = lr * scale
 
     def step(self) -> dict:
+        """One SFD iteration; running out of memory is one line naming --micro-batches (`OutOfMemory`)."""
         self._set_learning_rates()
-        losses = {**self.fake_step(), **self.generator_step()}
-        self.step_count += 1
-        return losses
+        try:
+            if self.adversary is not None:
+                self.adversary.refresh(self)
+            losses = {**self.fake_step(), **self.generator_step()}
+        except Exception as e:  # noqa: BLE001 - only out-of-memory errors are translated, the rest re-raised
+            if not is_out_of_memory(e):
+                raise
+            c = self.config
+            count = self.micro_batches or max(c.micro_batches, 1)
+            message = out_of_memory_message(self.step_count, count, c.batch_retain // self.world, c.batch_forget // self.world)
+        else:
+            self.step_count += 1
+            return losses
+        raise OutOfMemory(message)  # outside the except block: the failed step's tensors are freed first
 
     @contextlib.contextmanager
     def _stop_on_sigint(self):
@@ -298,6 +394,25 @@ class SFDTrainer:
         """A standalone generator network holding the EMA weights."""
         return self.roles.export_generator(self.ema.shadow)
 
+    def release_training_memory(self) -> None:
+        """Once training is over: drop what only training needs (both optimizers' moments, gradients), so that saving
+        does not add a network's copy on top of them."""
+        for opt, params in ((self.opt_gen, self.roles.generator_parameters()), (self.opt_fake, self.roles.fake_parameters())):
+            opt.state.clear()
+            for p in params:
+                p.grad = None
+        return_freed_memory(self.device)
+
+    def final_generator(self) -> torch.nn.Module:
+        """Once training is over: the generator network with the EMA weights, made from the roles' own network (no
+        copy; the roles cannot train after this). `ema_unet` is the copy for use during training."""
+        self.release_training_memory()
+        self.fake = self.fake_train = None  # the fake score's network may go (full mode: a whole network)
+        self.opt_fake = self.opt_gen = None  # their parameter lists would keep it alive
+        net = self.roles.finish_generator(self.ema.shadow)
+        return_freed_memory(self.device)
+        return net
+
     # ---------------------------------------------------------------------------------- training state
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, JSON metadata) that resume this run exactly: weights, EMA, optimizers, RNG, step."""
@@ -313,6 +428,8 @@ class SFDTrainer:
                 for key, value in st.items():
                     tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value)
         tensors["rng"] = self.rng.get_state()
+        if self.adversary is not None:  # the kept perturbations and their random stream: a resume continues them
+            tensors.update({f"adversary.{k}": v for k, v in self.adversary.state().items()})
         meta = {
             "format": STATE_FORMAT,
             "step": self.step_count,
@@ -339,6 +456,8 @@ class SFDTrainer:
                 state.setdefault(int(idx), {})[key] = v.to(self.device) if key != "step" else v
             opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
         self.rng.set_state(tensors["rng"])
+        if self.adversary is not None:
+            self.adversary.load_state(sub("adversary"))
         self.step_count = int(meta["step"])
 
 
