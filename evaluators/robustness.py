@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from sfd.errors import SFDError
+from sfd.robust import TokenSwap, placeholder_ids  # the attack primitives robust SFD trains against: one copy
 from sfd.tree import tree_cat
 
-from .attack import _banned_tokens, _nearest_tokens, _placeholder_ids, _TokenSwap
+from .attack import _banned_tokens, _nearest_tokens
 from .audit import LoadedModel, quantize, rate_summary
 
 ATTACKS = ("prompt", "inversion", "match", "noise", "conditioning")
@@ -208,14 +209,14 @@ def prefix_attack(victim: Victim, prompts: Sequence[str], z: torch.Tensor, cfg: 
     layer, table = te.get_input_embeddings(), _table(victim)
     banned = _banned_tokens(tok, table.shape[0]).to(table.device)
     k = cfg.soft_tokens
-    ids = _placeholder_ids(tok, list(prompts), k)
+    ids = placeholder_ids(tok, list(prompts), k)
     allowed = torch.ones(table.shape[0], dtype=torch.bool)
     allowed[banned.cpu()] = False
     pool = allowed.nonzero().flatten()
     g = torch.Generator().manual_seed(cfg.seed)
     soft = table[pool[torch.randint(len(pool), (len(prompts), k), generator=g)]].clone().float().requires_grad_(True)
     opt = torch.optim.Adam([soft], lr=cfg.lr * float(table.float().std()))
-    swap = _TokenSwap(layer, k)
+    swap = TokenSwap(layer, k)
     with swap:
         swap.values = soft
         for _ in range(cfg.steps):

@@ -1,0 +1,111 @@
+"""Robust SFD against plain two-stage SFD on the shapes world: erase time, forgetting, retained quality, and ASR under
+the robustness suite's attacks (held-out judges; evaluators.robustness).
+
+  python benchmarks/robust_bench.py                                   # circle; default attacks + conditioning
+  python benchmarks/robust_bench.py --concepts red,circle --keep runs/robust-sfd
+  python benchmarks/robust_bench.py --erase-only                       # erase times and world metrics only
+
+Rows: the original teacher, `sfd-two-stage` (`sfd erase` from the bundled base) and `sfd-robust` (the same with
+`--robust`: the preset's inner attack). Both erases use the world's stage-2 preset and the next value of the concept's
+kind as the override (as benchmarks/robustness_bench.py). Writes a summary JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from sfd.config import preset
+from sfd.erase import run_sfd
+from sfd.models import checkpoints_dir
+from sfd.worlds import shapes
+
+ROWS = ("sfd-two-stage", "sfd-robust")
+
+
+def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate, seed: int, robust: dict) -> tuple[str, dict]:
+    """The erased model of `row` (made, or reused from `work`), and its summary; `robust`: settings over the preset's."""
+    tag = "".join(f"-{k[len('robust_'):]}{v}" for k, v in sorted(robust.items())) if row == "sfd-robust" else ""
+    out = work / f"{row}-{concept}-seed{seed}{tag.replace(',', '+')}"
+    summary_file = out / "sfd_config.json"
+    if summary_file.is_file():
+        return str(out), json.loads(summary_file.read_text())
+    config = preset("shapes", "erase").replace(seed=seed)
+    if row == "sfd-robust":
+        config = config.replace(robust=True, **robust)
+    s = run_sfd(teacher, str(out), config, forget=[concept], override=shapes.next_value(concept), generator=base,
+                progress=False, overwrite=True, evaluate=evaluate)
+    return str(out), s
+
+
+def attack(concept: str, paths: dict, teacher: str, a, extra: dict) -> dict:
+    from evaluators.audit import load_model
+    from evaluators.detectors import DetectorFactory, feature_extractor
+    from evaluators.robustness import RobustnessSettings, Victim, markdown_table, robustness_report
+    from sfd.prompts import mentions
+    from sfd.worlds import world_prompts
+    from sfd.worlds.shapes_judge import judge_spec
+
+    factory = DetectorFactory()
+    cfg = RobustnessSettings(concept, attacks=tuple(a.attacks.split(",")), n_seeds=a.seeds, max_prompts=a.max_prompts,
+                             steps=a.steps).validate()
+    victims = [Victim(load_model(teacher, "original"), "original", role="original")]
+    victims += [Victim(load_model(p, row), row) for row, p in paths.items()]
+    retained = [p for p in world_prompts({"world": "shapes"}) if not mentions(p, concept)][:96]
+    report = robustness_report(victims, cfg, factory.build(f"clip:{concept}"), factory.build(judge_spec(concept)), extra,
+                               retained, feature_extractor("clip", factory=factory), log=lambda m: print(m, flush=True))
+    print(markdown_table(concept, report), flush=True)
+    return {"asr": report["asr"], "n_ideal": report["n_ideal"], "n_pairs": report["n_pairs"], "seconds": report["seconds"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concepts", default="circle")
+    ap.add_argument("--attacks", default="prompt,inversion,match,noise,conditioning")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds per base prompt")
+    ap.add_argument("--max-prompts", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20, help="the per-pair attacks' optimisation steps")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of both erases")
+    ap.add_argument("--erase-only", action="store_true", help="erase times and world metrics, no attacks")
+    ap.add_argument("--robust-space", help="robust_space over the preset's (e.g. conditioning,token)")
+    ap.add_argument("--robust-budget", type=float, help="robust_budget over the preset's")
+    ap.add_argument("--robust-share", type=float, help="robust_share over the preset's")
+    ap.add_argument("--attack-plain", action=argparse.BooleanOptionalAction, default=True,
+                    help="attack the plain two-stage row too (--no-attack-plain: the original and the robust row only)")
+    ap.add_argument("--keep", help="folder for the erased models (reused when present); default a temporary folder")
+    ap.add_argument("--json", default="benchmarks/results/robust_sfd.json")
+    a = ap.parse_args()
+    from evaluators.robustness import summary_columns
+    from evaluators.world_metrics import world_evaluator
+    from sfd.families import family_for
+
+    teacher, base = str(checkpoints_dir() / "shapes" / "teacher"), str(checkpoints_dir() / "shapes" / "onestep")
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-robust-"))
+    work.mkdir(parents=True, exist_ok=True)
+    evaluate = world_evaluator(family_for(teacher), teacher, seed=0, progress=False)
+    robust = {k: v for k, v in (("robust_space", a.robust_space), ("robust_budget", a.robust_budget),
+                                ("robust_share", a.robust_share)) if v is not None}
+    summary: dict = {"robust_settings": robust, "concepts": {}}
+    for concept in a.concepts.split(","):
+        paths, extra, rows = {}, {}, {}
+        for row in ROWS:
+            paths[row], s = erase(row, concept, teacher, base, work, evaluate, a.seed, robust)
+            extra[row] = summary_columns(paths[row])[1]
+            rows[row] = {"erase_seconds": s["erase_seconds"], "train_loop_seconds": s["train_loop_seconds"],
+                         "metrics": {k: v for k, v in (s["metrics"] or {}).items() if k != "teacher"}, "robust": s.get("robust")}
+            print(f"{concept}: {row} erased in {s['erase_seconds']:.0f} s (loop {s['train_loop_seconds']:.0f} s); "
+                  f"{json.dumps(rows[row]['metrics'])}", flush=True)
+        ratio = rows["sfd-robust"]["train_loop_seconds"] / rows["sfd-two-stage"]["train_loop_seconds"]
+        print(f"{concept}: robust / plain training-loop time {ratio:.2f}x", flush=True)
+        summary["concepts"][concept] = {"rows": rows, "loop_time_ratio": ratio}
+        if not a.erase_only:
+            attacked = paths if a.attack_plain else {"sfd-robust": paths["sfd-robust"]}
+            summary["concepts"][concept]["attacks"] = attack(concept, attacked, teacher, a, extra)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

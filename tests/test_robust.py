@@ -1,0 +1,168 @@
+"""Robust SFD (DESIGN.md section 6): the inner attack, the adversarial rows, resume and bad settings."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import free_port
+from sfd.config import PRESETS
+from test_cli_class import assert_one_line_error, run_cli
+from test_reliability import env, state_step, wait_for_state, weights
+
+STEPS = 6
+
+
+def text_trainer(tiny_sd_dir, lora: bool = False, **robust):
+    """A trainer on the tiny SD teacher with robust rows (FullRoles or LoraRoles), and its family."""
+    from sfd.erase import build_roles
+    from sfd.families import family_for
+    from sfd.robust import build_adversary
+    from sfd.trainer import SFDTrainer
+
+    family = family_for(str(tiny_sd_dir))
+    pipe = family.load(str(tiny_sd_dir), "cpu")
+    spec = family.conditions(pipe, ["red"], "blue", retain_prompts=["a cat", "a green square"], device="cpu")
+    config = PRESETS["sd"].replace(steps=STEPS, batch_retain=2, batch_forget=2, lr_generator=1e-3, lr_fake=1e-3, robust=True, micro_batches=1,
+                                   lora=lora, lora_targets="to_q,to_k,to_v" if lora else "", **robust).resolved(4.5).validate(1000)
+    roles, _ = build_roles(family, pipe, config, family.default_convention(config.t_init), "cpu", {})
+    adversary = build_adversary(family, pipe, roles, spec, config)
+    return SFDTrainer(roles, spec, config, "cpu", latent_shape=family.latent_shape(pipe), adversary=adversary)
+
+
+@pytest.mark.parametrize("space", ["conditioning", "soft-tokens", "token"])
+def test_inner_attack_raises_its_objective_on_a_generator_never_erased(tiny_sd_dir, space):
+    tr = text_trainer(tiny_sd_dir, robust_space=space, robust_budget=0.1)
+    adv = tr.adversary
+    idx = torch.tensor([0, 1, 2])
+    z = torch.randn(3, *tr.latent_shape, generator=torch.Generator().manual_seed(0))
+    _, before, after = adv.maximise(tr.generator, idx, z, steps=8)
+    assert after > before, (before, after)
+    if space == "conditioning":  # the small budget holds: ||delta|| <= 0.1 ||c_f|| per row
+        params, _, _ = adv.maximise(tr.generator, idx, z, steps=3)
+        c = adv.forget["encoder_hidden_states"][idx]
+        ratio = params["encoder_hidden_states"].flatten(1).norm(dim=1) / c.flatten(1).norm(dim=1)
+        assert float(ratio.max()) <= 0.1 + 1e-5
+
+
+def test_adversarial_rows_replace_forget_rows_on_their_iteration_only(tiny_sd_dir):
+    tr = text_trainer(tiny_sd_dir, robust_every=2, robust_share=0.5)
+    adv = tr.adversary
+    plain = tr.spec.sample(2, 2, torch.Generator().manual_seed(0), "cpu")
+    assert adv.rows(plain, 0) is plain  # nothing found yet
+    adv.refresh(tr)
+    got = adv.rows(plain, 0)
+    h, h0 = got.fake.cond["encoder_hidden_states"], plain.fake.cond["encoder_hidden_states"]
+    assert torch.equal(h[:3], h0[:3]) and not torch.equal(h[3], h0[3])  # one adversarial row of two forget rows
+    idx = adv.current[1]
+    assert torch.equal(got.teacher.cond["encoder_hidden_states"][3], adv.override["encoder_hidden_states"][idx[0]])
+    assert adv.rows(plain, 1) is plain
+    tr.step_count = 1
+    adv.refresh(tr)  # not an adversarial iteration (every 2)
+    assert adv.current is None
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_robust_training_is_deterministic_and_its_state_resumes(tiny_sd_dir, lora):
+    """Two runs agree bit for bit; a run stopped after 3 steps and resumed from its state ends where a run of 6 does;
+    the frozen base G0 stays the base while the generator trains (LoRA: the adapter is swapped back)."""
+    def run(split: bool):
+        tr = text_trainer(tiny_sd_dir, lora=lora, robust_space="conditioning,token")
+        z = torch.randn(2, *tr.latent_shape, generator=torch.Generator().manual_seed(1))
+        cond = {"encoder_hidden_states": tr.adversary.forget["encoder_hidden_states"][:2]}
+        g0 = tr.adversary.base(z, cond)
+        if split:
+            tr.train(steps=3, progress=False)
+            tensors, meta = tr.state()
+            tr = text_trainer(tiny_sd_dir, lora=lora, robust_space="conditioning,token")
+            tr.load_state(tensors, meta)
+        tr.train(progress=False)
+        assert torch.equal(tr.adversary.base(z, cond), g0)
+        with torch.no_grad():
+            assert not torch.allclose(tr.generator(z, cond), g0)
+        return tr.state()[0]
+
+    a, b, c = run(False), run(False), run(True)
+    assert a.keys() == b.keys() == c.keys() and {"adversary.conditioning.delta.encoder_hidden_states", "adversary.token.soft"} <= set(a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        assert torch.allclose(a[k].float(), c[k].float(), atol=1e-6), k
+
+
+def robust_cmd(model, out, *extra):
+    return [sys.executable, "-m", "sfd", "erase", "--single-stage", "--model", str(model), "--forget", "red", "--override", "blue",
+            "--out", str(out), "--steps", str(STEPS), "--batch", "4", "--robust", "--quiet", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def robust_reference(tiny_sd_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("robust-ref") / "out"
+    r = subprocess.run(robust_cmd(tiny_sd_dir, out), env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_robust_erase_records_the_inner_attack_and_resumes_after_sigkill(tiny_sd_dir, robust_reference, tmp_path):
+    summary = json.loads((robust_reference / "sfd_config.json").read_text())
+    assert summary["config"]["robust"] is True
+    assert summary["robust"]["space"] == "conditioning" and "UMA" in summary["robust"]["objective"]
+    out = tmp_path / "run"
+    proc = subprocess.Popen(robust_cmd(tiny_sd_dir, out, "--checkpoint-every", "1"), env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_state(proc, out / "training_state.safetensors", 3)
+    proc.kill()
+    proc.wait()
+    assert state_step(out / "training_state.safetensors") < STEPS
+    r = subprocess.run(robust_cmd(tiny_sd_dir, out, "--resume", "--checkpoint-every", "1"), env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stdout
+    ref, got = weights(robust_reference), weights(out)
+    assert all(torch.allclose(got[k].float(), ref[k].float(), atol=1e-6) for k in ref)
+
+
+def test_two_processes_hold_in_robust_mode(tiny_sd_dir, robust_reference, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+           "-m", "sfd", *robust_cmd(tiny_sd_dir, out)[3:]]
+    r = subprocess.run(cmd, env={**env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref, two = weights(robust_reference), weights(out)
+    diff = torch.cat([(two[k].float() - ref[k].float()).abs().flatten() for k in ref])
+    # Gloo's other summation order flips Adam steps of ~0 gradients (beta1 = 0) as in the plain 2-process test; with the
+    # SD preset's rates the same command without --robust differs from one process by 6.6e-6 at most (measured).
+    assert float(diff.max()) <= 1e-5, float(diff.max())
+    assert float((diff > 1e-6).float().mean()) < 0.01
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["distill", "--robust"], ["--robust", "sfd erase"]),
+    (["erase", "--robust", "--method", "uce", "--forget", "red", "--override", "blue"], ["--robust", "--method sfd"]),
+])
+def test_robust_where_it_does_not_apply_is_one_line(tiny_sd_dir, tmp_path, capsys, argv, needles):
+    code, _, err = run_cli(capsys, *argv[:1], "--model", str(tiny_sd_dir), "--out", str(tmp_path / "o"), "--quiet", *argv[1:])
+    assert_one_line_error(code, err, *needles)
+
+
+def test_robust_on_a_class_model_is_one_line(tiny_teacher_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_teacher_dir), "--forget", "1", "--out", str(tmp_path / "o"),
+                           "--single-stage", "--robust", "--steps", "1", "--quiet")
+    assert_one_line_error(code, err, "--robust", "class")
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("robust_space", "pixels", "robust_space must be one or more of conditioning, soft-tokens, token"),
+    ("robust_space", "token,token", "robust_space must be one or more of"),
+    ("robust_budget", 0.0, "robust_budget must be > 0"), ("robust_steps", 0, "robust_steps must be >= 1"),
+    ("robust_every", 0, "robust_every must be >= 1"), ("robust_share", 1.5, "robust_share must be in (0, 1]"),
+    ("robust_tokens", 40, "robust_tokens must be in 1..16"),
+])
+def test_bad_robust_settings_give_one_clear_line(field, value, needle):
+    from sfd.errors import SFDError
+
+    PRESETS["shapes"].replace(**{field: value}).validate()  # ignored without --robust
+    with pytest.raises(SFDError, match=None) as e:
+        PRESETS["shapes"].replace(robust=True, **{field: value}).validate()
+    assert needle in str(e.value) and "\n" not in str(e.value)
