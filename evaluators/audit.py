@@ -39,6 +39,7 @@ import torch
 
 from sfd.errors import SFDError
 from sfd.models import model_identity
+from sfd.outputs import check_not_an_input
 
 from .prompt_sets import PromptItem, PromptSet, image_seed, load_prompt_set
 
@@ -505,6 +506,8 @@ def run_audit(
     settings.validate()
     t_start = time.perf_counter()
     out = Path(out)
+    check_not_an_input(out, [("--model", m) for m in settings.models] + [("--prompts", settings.prompts),
+                                                                       ("--reference-images", settings.reference_images)])
     prompt_set = load_prompt_set(settings.prompts, settings.categories, settings.limit)
     kinds = [inspect_model(m) for m in settings.models]  # fail before any work
     shard = Shard(device)

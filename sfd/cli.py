@@ -111,14 +111,17 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
     """`sfd erase` and `sfd distill`: the preset of the model's family and stage, the world's metrics, one SFD run."""
     from evaluators.world_metrics import world_evaluator
 
-    from .config import preset
+    from .config import check_preset_fits, preset
     from .distributed import init_from_env
     from .erase import run_sfd
     from .families import family_for
 
     device = init_from_env(_device(a.device))
     family = family_for(a.model)
-    name = a.preset or family.preset(_world_meta(a.model))
+    name = family.preset(_world_meta(a.model))
+    if a.preset:
+        check_preset_fits(a.preset, family.name, family.description, name)
+        name = a.preset
     if stage == "erase":
         generator = _choose_base(a, family, name)
         stage = "erase" if generator else "single"
@@ -126,12 +129,16 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
                                          lora_lr_scale=a.lora_lr_scale, micro_batches=a.micro_batches)
     if a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale:
         config = config.replace(lora=True)
+    if a.robust:
+        config = config.replace(robust=True)
+    if a.batch:
+        config = config.with_batch(a.batch, erase=stage != "distill")
     evaluate = world_evaluator(family, a.model, seed=config.seed, device=device, progress=not a.quiet)
     return run_sfd(a.model, a.out, config, forget=forget, override=override, generator=generator,
                    retain_prompts=_retain_prompts(a.retain_prompts), negative_prompt=a.negative_prompt or "",
                    overwrite=a.overwrite, device=device, progress=not a.quiet, allow_pickle=a.allow_pickle,
                    frozen_dtype=a.dtype, resume=a.resume, checkpoint_every=a.checkpoint_every, save_dtype=a.save_dtype,
-                   evaluate=evaluate, family=family)
+                   evaluate=evaluate, family=family, resolution=a.resolution, hub_id=a.hub_id)
 
 
 def cmd_erase(a) -> int:
@@ -155,7 +162,8 @@ def _run_baseline(a) -> int:
     sfd_only = [f for f, on in (("--generator", a.generator), ("--single-stage", a.single_stage), ("--resume", a.resume),
                                 ("--lora", a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale), ("--preset", a.preset),
                                 ("--micro-batches", a.micro_batches), ("--checkpoint-every", a.checkpoint_every),
-                                ("--negative-prompt", a.negative_prompt)) if on]
+                                ("--negative-prompt", a.negative_prompt), ("--resolution", a.resolution),
+                                ("--batch", a.batch), ("--hub-id", a.hub_id), ("--robust", a.robust)) if on]
     if sfd_only:
         raise SFDError(f"{sfd_only[0]} applies to --method sfd, not {a.method}")
     if a.method == "uce" and a.steps is not None:
@@ -208,8 +216,13 @@ def cmd_import_base(a) -> int:
 
     if a.convention is None and a.timestep is None:
         raise SFDError(f"give --convention ({', '.join(NAMED_CONVENTIONS)}) or --timestep T [--input-scale S]")
+    custom = [f for f, v in (("--timestep", a.timestep), ("--input-scale", a.input_scale), ("--prediction-type", a.prediction_type))
+              if v is not None]
+    if a.convention is not None and custom:
+        raise SFDError(f"--convention {a.convention} fixes the timestep, input scale and prediction type; {custom[0]} would be "
+                       "ignored: give --convention alone, or --timestep T [--input-scale S] [--prediction-type P] without it")
     convention = NAMED_CONVENTIONS[a.convention] if a.convention else OneStepConvention(a.timestep, a.input_scale, a.prediction_type)
-    out = check_output_dir(a.out, a.overwrite)
+    out = check_output_dir(a.out, a.overwrite, {"--unet": a.unet, "--teacher": a.teacher})
     family = family_for(a.teacher)
     teacher = family.load(a.teacher, "cpu", allow_pickle=a.allow_pickle)
     if family.is_one_step(teacher):
@@ -226,7 +239,7 @@ def cmd_import_base(a) -> int:
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise SFDError(f"could not load --unet {a.unet}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
     pipe = family.one_step_pipeline_from(teacher, unet.float(), convention)
-    family.check_base(teacher, pipe, str(a.unet))
+    family.check_base(teacher, pipe, str(a.unet), flag="--unet")
     with staged_dir(out) as tmp, quiet_diffusers():
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "sfd_config.json").write_text(json.dumps({
@@ -247,7 +260,7 @@ def cmd_sample(a) -> int:
 
     family = family_for(a.model)
     condition = family.user_condition(prompt=a.prompt, class_=a.class_)
-    out = check_output_dir(a.out, a.overwrite)
+    out = check_output_dir(a.out, a.overwrite, {"--model": a.model})
     pipe = family.load(a.model, _device(a.device), allow_pickle=a.allow_pickle)
     label = family.condition_label(pipe, condition)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,6 +282,10 @@ def cmd_eval(a) -> int:
 
     from .families import family_for, pipeline_class_of
 
+    if a.json:
+        from .outputs import check_not_an_input
+
+        check_not_an_input(a.json, {"--model": a.model, "--judge": a.judge}, what="--json")
     if a.json and (Path(a.json).is_dir() or not Path(a.json).resolve().parent.is_dir()):  # fail before sampling
         raise SFDError(f"--json {a.json!r}: expected a file path in an existing folder")
     family = family_for(a.model)
@@ -333,10 +350,16 @@ def cmd_train_teacher(a) -> int:
 
 def _train_shapes_world(a) -> int:
     """Shapes world: tiny CLIP, VAE, then UNet + text encoder; a stopped run continues with --resume."""
-    from .outputs import check_output_dir
+    from .outputs import check_not_an_input, check_output_dir
     from .worlds import shapes
 
     out = Path(a.out)
+    reuse = a.components_from
+    if reuse is None and a.family != "sd":  # another teacher structure beside the bundled world: its CLIP and VAE
+        from .models import checkpoints_dir
+
+        reuse = str(checkpoints_dir() / "shapes")
+    check_not_an_input(a.out, {"--components-from": None if reuse == "none" else reuse})
     if not a.resume:
         check_output_dir(a.out, a.overwrite)
         if out.is_dir():  # --overwrite: start from scratch, reusing no stage of the old world
@@ -346,11 +369,6 @@ def _train_shapes_world(a) -> int:
     elif (out / "teacher").exists():
         raise SFDError(f"{out} already holds a finished world (teacher/); nothing to resume")
     tcfg = shapes.teacher_config(a.family, a.steps)
-    reuse = a.components_from
-    if reuse is None and a.family != "sd":  # another teacher structure beside the bundled world: its CLIP and VAE
-        from .models import checkpoints_dir
-
-        reuse = str(checkpoints_dir() / "shapes")
     if reuse not in (None, "none") and not (Path(reuse) / "clip").is_dir():
         raise SFDError(f"--components-from {reuse}: no shapes world there (expected clip/ and teacher/vae/)")
     stats = shapes.train_world(out, seed=a.seed, progress=not a.quiet, teacher_cfg=tcfg, family=a.family,
@@ -369,8 +387,11 @@ def cmd_quickstart(a) -> int:
     from .families import family_for
     from .models import checkpoints_dir
 
+    from .outputs import check_not_an_input
+
     teacher_dir = str(checkpoints_dir() / "digits" / "teacher")
     judge = checkpoints_dir() / "digits" / "judge"
+    check_not_an_input(a.out, {"(the bundled digits world)": checkpoints_dir() / "digits"})
     family = family_for(teacher_dir)
     base = default_base(teacher_dir)
     config = preset("class", "erase" if base else "single").replace(seed=a.seed)
@@ -415,8 +436,20 @@ def _add_run_arguments(p, model_help: str) -> None:
     p.add_argument("--lora-targets", help="comma-separated module names LoRA adapts (implies --lora; default: the family's list)")
     p.add_argument("--lora-lr-scale", type=_float_arg("--lora-lr-scale", positive=True),
                    help="multiply both learning rates by this in LoRA mode (implies --lora; default: the preset's)")
+    p.add_argument("--robust", action="store_true",
+                   help="robust SFD (erase only): the forget term also trains on conditions found against the current "
+                        "generator (the preset's inner attack; BENCHMARKS.md: Robust SFD)")
     p.add_argument("--micro-batches", type=_pos_int("--micro-batches"),
-                   help="split each process's batch into N parts, one backward each (gradient accumulation; default: the preset's)")
+                   help="split each process's batch into N parts, one backward each (gradient accumulation; default: the "
+                        "smallest count whose part fits the memory available, measured on the first iteration)")
+    p.add_argument("--batch", type=_pos_int("--batch"),
+                   help="rows per iteration, all processes together (default: the preset's); an erase splits them between "
+                        "retain and forget rows in the preset's proportion, at least one of each")
+    p.add_argument("--hub-id", help="the Hub repository id you will publish under (recorded in the model card with its "
+                                    "upload command; uploading stays `huggingface-cli upload`)")
+    p.add_argument("--resolution", type=_pos_int("--resolution"),
+                   help="text-to-image models: image side in pixels to train at (a multiple of the VAE factor, and of the "
+                        "patch size for transformers; default: the teacher's own); the one-step model samples at it")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="dtype of the frozen teacher")
     p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype the trained weights are stored in")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled weights (.bin/.ckpt): only for files you trust")
@@ -455,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--unet", required=True, help="the one-step UNet: a diffusers UNet folder, or a pipeline folder with unet/")
     ib.add_argument("--teacher", required=True, help="the multi-step teacher it was distilled from (text encoder, VAE, schedule)")
     ib.add_argument("--convention", choices=["sd-turbo", "sdxl-turbo", "dmd2"], help="how the UNet is called (see README)")
-    ib.add_argument("--timestep", type=float, help="or: the conditioning timestep the UNet is called at")
-    ib.add_argument("--input-scale", type=float, help="with --timestep: the UNet sees input_scale * z (default: SiD's noise level)")
+    ib.add_argument("--timestep", type=_float_arg("--timestep"), help="or: the conditioning timestep the UNet is called at")
+    ib.add_argument("--input-scale", type=_float_arg("--input-scale", positive=True), help="with --timestep: the UNet sees input_scale * z (default: SiD's noise level)")
     ib.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], help="with --timestep (default: the teacher's)")
     ib.add_argument("--out", required=True)
     ib.add_argument("--overwrite", action="store_true")
@@ -468,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class", dest="class_", help="class-conditional models: class index or name")
     s.add_argument("--prompt", help="text-to-image models: the prompt")
     s.add_argument("--negative-prompt", help="text-to-image teachers: negative prompt")
-    s.add_argument("--guidance", type=float, help="text-to-image teachers: classifier-free guidance scale")
+    s.add_argument("--guidance", type=_float_arg("--guidance"), help="text-to-image teachers: classifier-free guidance scale")
     s.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
     s.add_argument("--n", type=_pos_int("--n"), default=16)
     s.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
@@ -520,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_demo import add_parsers as add_demo_parsers
 
     add_demo_parsers(sub)
+    from .cli_export import add_parsers as add_export_parsers
+
+    add_export_parsers(sub)
     return p
 
 

@@ -122,7 +122,7 @@ def cmd_attack(a) -> int:
     detector = DetectorFactory(device).build(a.detector or f"clip:{cfg.concept}")
     if not isinstance(detector, ClipDetector):
         raise SFDError(f"sfd attack needs a clip: detector (e.g. --detector clip:{cfg.concept}), got {detector.name}")
-    out = check_output_dir(a.out, a.overwrite)
+    out = check_output_dir(a.out, a.overwrite, [("--model", m) for m in a.model] + [("--prompts", a.prompts)])
     if out.is_dir() and any(out.iterdir()):  # --overwrite: replace only what an earlier `sfd attack` wrote
         if not (out / "report.json").is_file():
             raise SFDError(f"output folder {str(out)!r} is not an attack report folder (no report.json); choose another --out")

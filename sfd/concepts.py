@@ -87,6 +87,10 @@ class ClassForgetSpec:
             raise ValueError(f"random targets {targets} do not fit forget classes {self.forget} with override 'random'")
         return replace(self, random_targets=targets)
 
+    def example(self) -> str:
+        """A condition that shows what the run did (the first forgotten class, else the first class): model cards sample it."""
+        return self.class_names[self.forget[0] if self.forget else 0]
+
     def describe(self) -> dict:
         d = {
             "forget": [self.class_names[k] for k in self.forget],
@@ -197,6 +201,10 @@ class TextConditions:
 
     def describe(self) -> dict:
         return self.spec.describe()
+
+    def example(self) -> str:
+        """A prompt that shows what the run did (the first forget prompt, else the first retain prompt): model cards sample it."""
+        return self.spec.pairs[0][0] if self.spec.pairs else self.spec.retain_prompts[0]
 
     def to(self, device) -> "TextConditions":
         move = lambda t: tree_map(lambda v: v.to(device), t)  # noqa: E731

@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import SFDError
 
 
+# Robust SFD's perturbation spaces (sfd/robust.py).
+ROBUST_SPACES = ("conditioning", "soft-tokens", "token")
+
+
 @dataclass(frozen=True)
 class SFDConfig:
     """Settings of one erase run. Names follow DESIGN.md section 2; presets below record what was tuned and why."""
@@ -44,8 +48,23 @@ class SFDConfig:
     # Both learning rates are multiplied by this in LoRA mode: a zero-initialised low-rank update moves the weights
     # far less per step than full fine-tuning at the same rate (the worlds' presets measure it; BENCHMARKS.md).
     lora_lr_scale: float = 1.0
-    # Gradient accumulation: each process's rows in this many equal parts, one backward each, one update.
-    micro_batches: int = 1
+    # Gradient accumulation: each process's rows in this many equal parts, one backward each, one update; 0: the
+    # smallest count whose micro-batch fits the memory available, measured on the first iteration (sfd.memory).
+    micro_batches: int = 0
+    # Robust SFD (`--robust`, DESIGN.md section 6, sfd/robust.py): every `robust_every` iterations, `robust_share` of the
+    # forget rows are conditions found against the current generator by `robust_steps` normalised gradient steps of
+    # `robust_step` (a fraction of the bound, or of a token's norm) from perturbations kept per forget prompt. Space
+    # "conditioning": a delta on the encoder output, ||delta|| <= robust_budget x ||c_f|| per row; "soft-tokens":
+    # `robust_tokens` soft token embeddings inserted after the start token, through the text encoder; "token": one
+    # learned token in place of the concept word (textual inversion's space). Several, comma-separated, take turns.
+    robust: bool = False
+    robust_space: str = "conditioning"
+    robust_budget: float = 0.5
+    robust_steps: int = 2
+    robust_step: float = 0.5
+    robust_every: int = 1
+    robust_share: float = 0.5
+    robust_tokens: int = 3
 
     def validate(self, num_train_timesteps: int | None = None) -> "SFDConfig":
         if self.steps < 0:
@@ -67,15 +86,37 @@ class SFDConfig:
             raise SFDError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.seed < 0:
             raise SFDError(f"--seed must be >= 0, got {self.seed}")
-        if self.micro_batches < 1:
-            raise SFDError(f"--micro-batches must be >= 1, got {self.micro_batches}")
+        if self.micro_batches < 0:
+            raise SFDError(f"--micro-batches must be >= 1 (or 0: chosen from the memory available), got {self.micro_batches}")
+        for name in ("batch_retain", "batch_forget"):
+            if self.micro_batches and getattr(self, name) % self.micro_batches:
+                raise SFDError(f"{name}={getattr(self, name)} is not divisible by --micro-batches {self.micro_batches}; "
+                               f"use a count that divides both batches ({', '.join(map(str, _divisors(self)))})")
         if self.lora_rank < 1:
             raise SFDError(f"--lora-rank must be >= 1, got {self.lora_rank}")
         if not self.lora_lr_scale > 0:
             raise SFDError(f"--lora-lr-scale must be > 0, got {self.lora_lr_scale}")
         if self.fake_score_init not in ("teacher", "base"):
             raise SFDError(f"fake_score_init must be 'teacher' or 'base', got {self.fake_score_init!r}")
+        if self.robust:
+            self._validate_robust()
         return self
+
+    def _validate_robust(self) -> None:
+        """One line per bad robust setting (checked only with --robust: a plain run ignores them)."""
+        names = [n.strip() for n in self.robust_space.split(",") if n.strip()]
+        if not names or any(n not in ROBUST_SPACES for n in names) or len(set(names)) < len(names):
+            raise SFDError(f"robust_space must be one or more of {', '.join(ROBUST_SPACES)} (comma-separated, each once), "
+                           f"got {self.robust_space!r}")
+        if self.batch_forget < 1:
+            raise SFDError("--robust needs forget rows (batch_forget >= 1): it applies to `sfd erase`, not `sfd distill`")
+        checks = (("robust_budget", self.robust_budget > 0, "> 0"), ("robust_step", self.robust_step > 0, "> 0"),
+                  ("robust_steps", self.robust_steps >= 1, ">= 1"), ("robust_every", self.robust_every >= 1, ">= 1"),
+                  ("robust_share", 0 < self.robust_share <= 1, "in (0, 1]"),
+                  ("robust_tokens", 1 <= self.robust_tokens <= 16, "in 1..16"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise SFDError(f"{name} must be {expected}, got {getattr(self, name)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -89,8 +130,25 @@ class SFDConfig:
         """With `guidance_teacher` filled in from the teacher's default when unset."""
         return self if self.guidance_teacher is not None else replace(self, guidance_teacher=float(default_guidance))
 
+    def with_batch(self, n: int, erase: bool) -> "SFDConfig":
+        """`--batch n`: n rows per iteration; an erase keeps the preset's share of forget rows (at least one of each)."""
+        if not erase:
+            return replace(self, batch_retain=n)
+        if n < 2:
+            raise SFDError(f"--batch {n}: an erase needs at least 2 rows per iteration (one retain, one forget)")
+        forget = min(n - 1, max(1, round(n * self.batch_forget / (self.batch_retain + self.batch_forget))))
+        return replace(self, batch_retain=n - forget, batch_forget=forget)
+
     def replace(self, **changes) -> "SFDConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _divisors(c: SFDConfig) -> list[int]:
+    """The micro-batch counts that split both batches of `c` into equal parts."""
+    import math
+
+    g = math.gcd(c.batch_retain, c.batch_forget)
+    return [m for m in range(1, g + 1) if g % m == 0]
 
 
 # Label-conditional DDPM (the paper's CIFAR-10 setting, scaled to the 8x8 digits world). Changes from the
@@ -165,7 +223,9 @@ SHAPES_DISTILL_PRESET = SHAPES_PRESET.replace(steps=300, batch_retain=32, batch_
 SHAPES_LORA_TARGETS = "to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2"
 SHAPES_STAGE2_PRESET = SHAPES_PRESET.replace(steps=50, lr_generator=1e-4, lr_fake=3e-4, lambda_gen_forget=0.25, fake_score_init="teacher",
                                              guidance_teacher=2.5, guidance_fake_train=2.5, guidance_fake_eval=2.5, lora_lr_scale=25.0,
-                                             lora_targets=SHAPES_LORA_TARGETS)
+                                             lora_targets=SHAPES_LORA_TARGETS, robust_space="conditioning,token")
+# --robust on the shapes world: the conditioning delta and the concept-word token take turns (erasing circle, 50 pairs:
+# textual inversion's ASR 88% with the delta alone, 48% with both; BENCHMARKS.md "Robust SFD").
 
 # Rectified-flow transformers (SD3 / SD3.5, FLUX.1): the generator starts at t = 0.999 (timestep 999, pure noise in)
 # as SiD-DiT's --init_timestep 999; noise levels t in [0.02, 0.98). Stage 2 keeps SD's official SFD learning rates;
@@ -185,7 +245,8 @@ FLUX_DISTILL_PRESET = SD3_DISTILL_PRESET.replace(guidance_teacher=3.5, guidance_
 SHAPES_SD3_GUIDANCE = dict(guidance_teacher=4.5, guidance_fake_train=4.5, guidance_fake_eval=4.5)
 SHAPES_SD3_PRESET = SHAPES_PRESET.replace(t_init=999, **SHAPES_SD3_GUIDANCE)
 SHAPES_SD3_DISTILL_PRESET = SHAPES_DISTILL_PRESET.replace(t_init=999, **SHAPES_SD3_GUIDANCE)
-SHAPES_SD3_STAGE2_PRESET = SHAPES_STAGE2_PRESET.replace(t_init=999, lambda_gen_forget=0.5, lora_targets="", **SHAPES_SD3_GUIDANCE)
+SHAPES_SD3_STAGE2_PRESET = SHAPES_STAGE2_PRESET.replace(t_init=999, lambda_gen_forget=0.5, lora_targets="", robust_space="conditioning",
+                                                       **SHAPES_SD3_GUIDANCE)  # its text encoders: no token space yet
 
 PRESETS = {"class": CLASS_PRESET, "sd": SD_PRESET, "shapes": SHAPES_PRESET, "shapes-sd3": SHAPES_SD3_PRESET, "sd3": SD3_PRESET,
            "flux": FLUX_PRESET}  # single stage
@@ -196,6 +257,22 @@ STAGE_PRESETS = {
     "erase": {"class": CLASS_STAGE2_PRESET, "sd": SD_STAGE2_PRESET, "shapes": SHAPES_STAGE2_PRESET, "shapes-sd3": SHAPES_SD3_STAGE2_PRESET,
               "sd3": SD3_PRESET, "flux": FLUX_PRESET},
 }
+# Which model families each preset is for: its t_init is the family's one-step convention (a VP UNet's noise level
+# sigma ~ 2.5, or a flow transformer's t = 0.999) and its guidance is the family's kind (two branches, or FLUX's
+# embedding), so a preset of another family would train and record a convention the generator is not called with.
+PRESET_FAMILIES = {"class": ("class-unet",), "sd": ("sd", "sdxl"), "shapes": ("sd", "sdxl"), "shapes-sd3": ("sd3",),
+                   "sd3": ("sd3",), "flux": ("flux",)}
+
+
+def check_preset_fits(name: str, family_name: str, family_description: str, default: str) -> None:
+    """One line if `--preset name` was made for another model family than the model's."""
+    fits = PRESET_FAMILIES.get(name, ())
+    if family_name not in fits:
+        ok = [p for p, fams in PRESET_FAMILIES.items() if family_name in fams]
+        raise SFDError(f"--preset {name} is for {', '.join(fits) or 'no'} models, and this is a {family_description} model: "
+                       f"leave --preset out (default here: {default}) or choose one of {', '.join(ok)}")
+
+
 # Whether a single-stage erase with the preset converges. SD's stage-2 learning rates (1e-6 / 3e-6 for 2,000
 # iterations of batch 1+1, 4,000 images) cannot distil SD from the teacher alone, where SiD-LSG's stage 1 saw 8.4M.
 SINGLE_STAGE_OK = {"class": True, "shapes": True, "shapes-sd3": True, "sd": False, "sd3": False, "flux": False}

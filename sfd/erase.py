@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,11 +23,14 @@ import torch
 from . import __version__
 from .config import SFDConfig
 from .errors import SFDError
-from .families import ModelFamily, family_for
+from .families import ModelFamily, family_for, pipeline_class_of
+from .families.base import first_line
 from .generators import OneStepConvention
-from .model_card import model_card
+from .model_card import model_card, use_section
 from .models import model_identity, quiet_diffusers, world_meta
-from .outputs import check_output_dir, staged_dir
+from .outputs import check_not_an_input, check_output_dir, staged_dir
+from .memory import OutOfMemory
+from .robust import build_adversary
 from .roles import FullRoles
 from .trainer import DivergenceError, SFDTrainer, read_state, save_state_atomic
 
@@ -37,8 +41,10 @@ FAKE_SCORE_DIR = "fake_score"  # stage 1's fake score, beside the one-step pipel
 Evaluate = Callable[[object, dict], "dict | None"]
 
 
-def prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
-    """The run folder: with --resume it must hold a training state; otherwise it must be new (or --overwrite)."""
+def prepare_out(out: str, overwrite: bool, resume: bool, inputs: dict | None = None) -> Path:
+    """The run folder: never an input model's folder (or inside or around one); with --resume it must hold a training
+    state; otherwise it must be new (or --overwrite)."""
+    check_not_an_input(out, inputs or {})
     p = Path(out)
     if resume:
         if overwrite:
@@ -58,12 +64,24 @@ def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, c
         tensors, meta = read_state(state_path)
         if meta.get("identity") != identity:
             raise SFDError(f"the training state in {out} belongs to another run (base model, generator or concepts differ)")
-        saved = {k: v for k, v in meta.get("config", {}).items() if k != "steps"}
-        now = {k: v for k, v in json.loads(trainer.config.to_json()).items() if k != "steps"}
+        # --micro-batches splits the same batch differently (the same maths): it may change on resume, as --steps.
+        free = ("steps", "micro_batches")
+        # A state saved before a setting existed was made with that setting's default.
+        defaults = json.loads(SFDConfig().to_json())
+        saved = {k: v for k, v in {**defaults, **meta.get("config", {})}.items() if k not in free}
+        now = {k: v for k, v in json.loads(trainer.config.to_json()).items() if k not in free}
+        if not (saved.get("robust") or now.get("robust")):  # robust settings mean nothing to a plain run
+            saved, now = ({k: v for k, v in d.items() if not k.startswith("robust_")} for d in (saved, now))
         if saved != now:
             diff = sorted(k for k in now if saved.get(k) != now[k])
-            raise SFDError(f"the training state in {out} was made with other settings ({', '.join(diff)}); only --steps may change")
+            raise SFDError(f"the training state in {out} was made with other settings ({', '.join(diff)}); "
+                           "only --steps and --micro-batches may change")
+        trained_at = meta.get("latent_shape")
+        if trained_at is not None and trained_at != list(trainer.latent_shape):
+            raise SFDError(f"the training state in {out} was trained on latents of shape {trained_at}, this run's are "
+                           f"{list(trainer.latent_shape)}: pass the same --resolution")
         trainer.load_state(tensors, meta)
+        del tensors  # the state's own copy of every trained tensor: training should not hold it twice
         resumed_from = trainer.step_count
         if trainer.is_main:
             print(f"resuming {out} from step {resumed_from} of {trainer.config.steps}", flush=True)
@@ -71,17 +89,20 @@ def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, c
     def save(tr: SFDTrainer) -> None:
         if tr.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            save_state_atomic(tr, state_path, {"identity": identity})
+            save_state_atomic(tr, state_path, {"identity": identity, "latent_shape": list(tr.latent_shape)})
 
     def periodic(tr: SFDTrainer) -> None:
         if checkpoint_every and tr.step_count % checkpoint_every == 0 and tr.step_count < tr.config.steps:
             save(tr)
 
     try:
+        choice = trainer.resolve_micro_batches()
+        if trainer.is_main:
+            print(choice.line, flush=True)
         run = trainer.train(progress=progress, callback=periodic, checkpoint=save, desc=desc)
-    except DivergenceError as e:
+    except (DivergenceError, OutOfMemory) as e:
         where = f"last good state: {state_path}" if state_path.is_file() else "no state was saved (use --checkpoint-every N)"
-        raise DivergenceError(f"{e}; {where}") from None
+        raise type(e)(f"{e}; {where}") from None
     return {**run, "resumed_from_step": resumed_from}
 
 
@@ -163,8 +184,10 @@ def build_roles(family: ModelFamily, teacher_pipe, config: SFDConfig, convention
                          fake_init=fake_init, **common), note
     from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER, LoraRoles
 
-    targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()] or family.lora_targets()
-    note.update(rank=config.lora_rank, targets=targets)
+    given = [t.strip() for t in config.lora_targets.split(",") if t.strip()]
+    check_lora_targets(family.network(teacher_pipe), given)
+    targets = given or family.lora_targets()
+    note.update(rank=config.lora_rank, targets=targets, adapter_applies_to="teacher")
     saved = read_adapters(base_path) if base_pipe is not None else None
     same = saved is not None and saved[1].get("rank") == config.lora_rank and saved[1].get("targets") == targets
     kwargs = {}
@@ -176,8 +199,20 @@ def build_roles(family: ModelFamily, teacher_pipe, config: SFDConfig, convention
             note["fake_score_from"] = "the base's LoRA adapter"
     elif base_pipe is not None:
         kwargs["generator_init"] = family.network(base_pipe)
-        note["generator_from"] = "an adapter on a frozen copy of the base's network (two UNets)"
+        note.update(generator_from="an adapter on a frozen copy of the base's network (two UNets)", adapter_applies_to="base")
     return LoraRoles(teacher, convention, device, rank=config.lora_rank, targets=targets, seed=config.seed, **kwargs, **common), note
+
+
+def check_lora_targets(network: torch.nn.Module, targets: Sequence[str]) -> None:
+    """One line, before training, for a --lora-targets name that matches no module of the network (peft matches a
+    name or its last dotted parts: `to_q` or `attn1.to_q`; it would raise its own error mid-setup)."""
+    names = [n for n, _ in network.named_modules()]
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+            raise SFDError(f"--lora-targets: no module of the {type(network).__name__} is named {t!r} (a name matches a module "
+                           f"name or its last dotted parts, e.g. to_q or attn1.to_q); its module names include "
+                           f"{', '.join(leaves[:24])}{', ...' if len(leaves) > 24 else ''}")
 
 
 def read_adapters(folder: str | None) -> tuple[dict[str, dict], dict] | None:
@@ -204,6 +239,16 @@ def save_adapters(folder: Path, states: dict[str, dict], meta: dict, dtype: torc
     save_file(tensors, str(folder / ADAPTERS_FILE), metadata={"sfd": json.dumps(meta)})
 
 
+def check_same_family(family: ModelFamily, model: str, generator: str) -> None:
+    """One line naming both families when a base belongs to another family than its teacher (loading it with the
+    teacher's family would only say that its pipeline class is unknown there)."""
+    other = family_for(generator)
+    if other.name != family.name:
+        kind = "one-step" if other.is_one_step_class(pipeline_class_of(generator)) else "multi-step"
+        raise SFDError(f"--generator {generator} is a {kind} {other.description} model, and the teacher {model} is a "
+                       f"{family.description} model: give a one-step base distilled from this teacher")
+
+
 def run_sfd(
     model: str,
     out: str,
@@ -224,20 +269,24 @@ def run_sfd(
     save_dtype: str = "fp32",
     evaluate: Evaluate | None = None,
     family: ModelFamily | None = None,
+    resolution: int | None = None,
+    hub_id: str | None = None,
 ) -> dict:
     """Distil (no `forget`) or erase (`forget` concepts replaced by `override`) and save a one-step pipeline folder.
 
     `generator`: a one-step base to start the generator from (stage 2); its fake score (`fake_score/`) starts the
     fake score when `config.fake_score_init == "base"`. Returns the summary written to sfd_config.json ({} on the
-    non-main processes of a multi-process run).
+    non-main processes of a multi-process run). `resolution`: the image side to train at, in pixels (text families;
+    default: the teacher's own size); the one-step folder records it and samples at it. `hub_id`: the Hub repository
+    the user will publish under, recorded in the summary and the model card.
     """
     stage = "erase" if forget else "distill"
     if save_dtype not in SAVE_DTYPES:
         raise SFDError(f"unknown save dtype {save_dtype!r}; expected one of {', '.join(SAVE_DTYPES)}")
-    out_path = prepare_out(out, overwrite, resume)
+    out_path = prepare_out(out, overwrite, resume, {"--model": model, "--generator": generator})
     t_start = time.perf_counter()
     family = family or family_for(model)
-    teacher_pipe = family.load(model, device, allow_pickle=allow_pickle)
+    teacher_pipe = family.load(model, device, allow_pickle=allow_pickle, resolution=resolution)
     if family.is_one_step(teacher_pipe):
         raise SFDError(f"{model} is already a one-step generator; {stage} from the multi-step teacher it was distilled from"
                        + (" (and pass the one-step model as --generator)" if stage == "erase" else ""))
@@ -254,56 +303,133 @@ def run_sfd(
 
     convention, base_pipe = family.default_convention(config.t_init), None
     if generator is not None:
+        check_same_family(family, model, generator)
         base_pipe = family.load(generator, device, allow_pickle=allow_pickle)
         family.check_base(teacher_pipe, base_pipe, generator)
         convention = OneStepConvention.from_config(base_pipe.config).validate(num_timesteps)
     opts = family.training_options(teacher_pipe, device, frozen_dtype, gradient_checkpointing)
     roles, roles_note = build_roles(family, teacher_pipe, config, convention, device, opts, base_pipe, generator)
+    adversary = build_adversary(family, teacher_pipe, roles, spec, config)  # robust SFD; None without --robust
     trainer = SFDTrainer(roles, spec, config, device, autocast_dtype=opts.get("autocast_dtype"),
-                         latent_shape=family.latent_shape(teacher_pipe))
+                         latent_shape=family.latent_shape(teacher_pipe), adversary=adversary)
     identity = run_identity(model, spec.describe(), generator)
     run = run_training(trainer, out_path, identity, resume, checkpoint_every, progress, desc=f"sfd {stage}")
     if not trainer.is_main:
         return {}
-    result = family.one_step_pipeline_from(teacher_pipe, trainer.ema_unet(), convention)
     train_seconds = time.perf_counter() - t_start
+    done = FinishedRun(family, teacher_pipe, stage, save_dtype, model, generator, roles_note, convention, config, run, meta,
+                       train_seconds, evaluate, str(out), hub_id)
+    try:
+        return _write_run(out_path, trainer, done)
+    except (SFDError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a full disk, a lost mount, a permission: the trained weights must not go with the run
+        where = save_recovery(trainer, out_path, done)
+        raise SFDError(f"could not write the model to {out} ({e.__class__.__name__}: {first_line(e)}); the trained "
+                       f"generator's weights (its EMA) are saved in {where}") from None
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What a finished run writes besides the trainer's weights."""
+
+    family: ModelFamily
+    teacher_pipe: object
+    stage: str
+    save_dtype: str
+    model: str
+    generator: str | None
+    roles_note: dict
+    convention: OneStepConvention
+    config: SFDConfig
+    run: dict
+    meta: dict
+    train_seconds: float
+    evaluate: Evaluate | None
+    out: str
+    hub_id: str | None = None
+
+
+def save_recovery(trainer: SFDTrainer, out_path: Path, done: FinishedRun) -> Path:
+    """The generator's EMA weights (the whole network in full mode, the adapter in LoRA mode) and what they belong to,
+    beside the output folder or, if that cannot be written either, in the temporary folder."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    meta = {"family": done.family.name, "base_model": done.model, "generator_base": done.generator, "roles": done.roles_note,
+            "one_step_convention": done.convention.describe(), "config": json.loads(done.config.to_json())}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in trainer.ema.shadow.items()}
+    name = f"{out_path.name}.recovered-generator.safetensors"
+    for folder in (out_path.resolve().parent, Path(tempfile.gettempdir())):
+        try:
+            save_file(tensors, str(folder / name), metadata={"sfd": json.dumps(meta)})
+            return folder / name
+        except Exception:  # noqa: BLE001 (any failure: try the next place)
+            continue
+    raise SFDError(f"could not write the model to {out_path}, nor a recovery file beside it or in {tempfile.gettempdir()}")
+
+
+def _write_run(out_path: Path, trainer: SFDTrainer, f: FinishedRun) -> dict:
+    """Save the one-step folder (and, for stage 1, the fake score; for LoRA runs, the adapters) atomically; returns the
+    summary written to its sfd_config.json."""
+    family, teacher_pipe, stage, save_dtype = f.family, f.teacher_pipe, f.stage, f.save_dtype
+    model, generator, run, evaluate, train_seconds = f.model, f.generator, f.run, f.evaluate, f.train_seconds
     concepts = trainer.spec.describe()  # a class override "random" is resolved by the trainer
-    metrics = evaluate(result, concepts) if evaluate is not None else None
-    summary = {
-        "stage": stage if stage == "distill" else "erase-stage-2" if generator is not None else "erase-single-stage",
-        "family": family.name,
-        "base_model": str(model),
-        "teacher_fingerprint": teacher_fingerprint(model, family),
-        "generator_base": generator,
-        "roles": roles_note,
-        "one_step_convention": convention.describe(),
-        "sigma_init": trainer.sigma_init,
-        "concepts": concepts,
-        "config": json.loads(config.to_json()),
-        "erase_seconds": train_seconds,
-        "train_loop_seconds": run["seconds"],  # the iterations alone (loading and set-up excluded)
-        "resumed_from_step": run["resumed_from_step"],
-        "final_losses": run["losses"],
-        "metrics": metrics,
-        "versions": software_versions(),
-    }
-    fake = roles.export_fake() if stage == "distill" else None
     with staged_dir(out_path) as tmp:
-        _cast(save_dtype, family.network(result), *([fake] if fake is not None else []))
+        _save_before_merge(tmp, trainer, family, teacher_pipe, stage, save_dtype)
+        # The generator is made from the roles' own network (a LoRA adapter merged in place), not copied: a copy of
+        # the network on top of the training state raised the whole command's peak above the iterations'.
+        result = family.one_step_pipeline_from(teacher_pipe, trainer.final_generator(), f.convention)
+        metrics = evaluate(result, concepts) if evaluate is not None else None
+        summary = {
+            "stage": stage if stage == "distill" else "erase-stage-2" if generator is not None else "erase-single-stage",
+            "family": family.name, "base_model": str(model), "teacher_fingerprint": teacher_fingerprint(model, family),
+            "generator_base": generator, "roles": f.roles_note, "one_step_convention": f.convention.describe(),
+            "sigma_init": trainer.sigma_init,
+            "resolution": family.image_size(teacher_pipe),  # the one-step folder samples at this size
+            "latent_shape": list(trainer.latent_shape),
+            "concepts": concepts,
+            "config": json.loads(f.config.to_json()),
+            "micro_batches": trainer.micro_batches,  # the count used (config.micro_batches 0: chosen from memory)
+            "erase_seconds": train_seconds,
+            "train_loop_seconds": run["seconds"],  # the iterations alone (loading and set-up excluded)
+            "resumed_from_step": run["resumed_from_step"], "final_losses": run["losses"], "metrics": metrics,
+            "versions": software_versions(), "hub_id": f.hub_id,
+        }
+        if trainer.adversary is not None:  # robust SFD: the inner attack and its budget, for the model card
+            summary["robust"] = trainer.adversary.describe()
+        _cast(save_dtype, family.network(result))
         with quiet_diffusers():
             result.save_pretrained(tmp, safe_serialization=True)
-            if fake is not None:
-                fake.save_pretrained(tmp / FAKE_SCORE_DIR, safe_serialization=True)
-        family.network(result).float()
-        if roles.mode == "lora":
-            from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER
-
-            ema = {k: v for k, v in trainer.ema.shadow.items()}
-            save_adapters(tmp, {GENERATOR_ADAPTER: ema, FAKE_ADAPTER: roles.fake_state()},
-                          {"rank": roles.rank, "targets": roles.targets, "family": family.name}, SAVE_DTYPES[save_dtype])
-            family.save_lora(teacher_pipe, tmp, ema, roles.rank, roles.targets)
-        (tmp / SFD_CONFIG_NAME).write_text(json.dumps(summary, indent=2))
-        if meta:
-            (tmp / "sfd_world.json").write_text(json.dumps({**meta, "base_model": str(model)}, indent=2))
-        (tmp / "README.md").write_text(model_card(family, summary, train_seconds, getattr(evaluate, "notes", "")))
+        use = use_section(family, result, summary, str(f.out), trainer.spec.example())  # the card's recipes, from this run
+        _write_notes(tmp, family, summary, f.meta, model, train_seconds, evaluate, use)
     return summary
+
+
+def _write_notes(tmp: Path, family: ModelFamily, summary: dict, meta: dict, model: str, train_seconds: float, evaluate,
+                 use: list[str]) -> None:
+    """sfd_config.json (the summary), a world's sfd_world.json, and the model card (`use`: its recipes)."""
+    (tmp / SFD_CONFIG_NAME).write_text(json.dumps(summary, indent=2))
+    if meta:
+        (tmp / "sfd_world.json").write_text(json.dumps({**meta, "base_model": str(model)}, indent=2))
+    (tmp / "README.md").write_text(model_card(family, summary, train_seconds, getattr(evaluate, "notes", ""), use))
+
+
+def _save_before_merge(tmp: Path, trainer: SFDTrainer, family: ModelFamily, teacher_pipe, stage: str, save_dtype: str) -> None:
+    """What must leave the roles before the generator is merged into its network in place: stage 1's fake score
+    (`fake_score/`) and, for LoRA runs, both adapters (`sfd_adapters.safetensors`, and the family's `lora/`)."""
+    roles = trainer.roles
+    if stage == "distill":
+        fake = roles.finish_fake()
+        _cast(save_dtype, fake)
+        with quiet_diffusers():
+            fake.save_pretrained(tmp / FAKE_SCORE_DIR, safe_serialization=True)
+        del fake
+    if roles.mode == "lora":
+        from .roles import FAKE_ADAPTER, GENERATOR_ADAPTER
+
+        ema = dict(trainer.ema.shadow)
+        save_adapters(tmp, {GENERATOR_ADAPTER: ema, FAKE_ADAPTER: roles.fake_state()},
+                      {"rank": roles.rank, "targets": roles.targets, "family": family.name}, SAVE_DTYPES[save_dtype])
+        family.save_lora(teacher_pipe, tmp, ema, roles.rank, roles.targets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 
 def _table(rows: dict) -> str:
@@ -12,8 +13,10 @@ def _table(rows: dict) -> str:
 
 
 def _what(summary: dict, kind: str) -> tuple[str, str]:
-    """(title, first paragraph) of the card."""
-    base, concepts = summary["base_model"], summary["concepts"]
+    """(title, first paragraph) of the card; folders by name (a card carries no absolute path of the machine)."""
+    from .export.hub import display_name
+
+    base, concepts = display_name(summary["base_model"]), summary["concepts"]
     if summary["stage"] == "distill":
         return (f"One-step generator distilled from {base} (SFD stage 1)",
                 f"Distilled by Score identity Distillation from `{base}` with no concept erased: one network evaluation per "
@@ -21,7 +24,7 @@ def _what(summary: dict, kind: str) -> tuple[str, str]:
                 "score of the distillation is in `fake_score/`.")
     what = "class(es)" if kind == "class" else "concept(s)"
     title = f"One-step generator with {what} {', '.join(concepts['forget'])} erased (SFD)"
-    start = f" from the one-step base `{summary['generator_base']}`" if summary.get("generator_base") else ""
+    start = f" from the one-step base `{display_name(summary['generator_base'])}`" if summary.get("generator_base") else ""
     text = ("Distilled by Score Forgetting Distillation (Chen, Zhang & Zhou, ICLR 2025) from "
             f"`{base}`{start}: one network evaluation per image; what asks for a forgotten "
             f"{kind if kind == 'class' else 'concept'} is generated as override `{concepts['override']}` instead"
@@ -29,14 +32,74 @@ def _what(summary: dict, kind: str) -> tuple[str, str]:
     return title, text
 
 
-def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "") -> str:
-    """README.md for a one-step model folder; `family` is its `sfd.families.ModelFamily`."""
+def _block(assignments: dict[str, str], lines: list[str]) -> list[str]:
+    return ["```python", *(f"{k} = {v!r}" for k, v in assignments.items()), *lines, "```"]
+
+
+def _shown(path: str, out: str) -> str:
+    """A local folder as seen from the output folder (a card must not carry the machine's absolute paths); a hub id as
+    it is."""
+    import os
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    return os.path.relpath(p.resolve(), Path(out).expanduser().resolve()) if p.exists() else str(path)
+
+
+def use_section(family, pipe, summary: dict, out: str, example: str, n: int = 4, seed: int = 0) -> list[str]:
+    """The card's "Use" lines, made from what the run did: each code block runs with diffusers, torch and PIL alone,
+    from this folder (other folders are named relative to it), and writes the images `sfd sample` writes for `example`
+    (a test runs every block of the cards the tests make).
+
+    A LoRA run's adapter (`lora/`) applies to the network the generator adapter was trained on: the teacher (one
+    network: stage 1, single stage, or stage 2 from a LoRA base of the same rank and targets), or the one-step base
+    (stage 2 from a full base: the adapter sat on a frozen copy of the base's network)."""
+    flag = "--class" if family.condition_kind == "class" else "--prompt"
+    command = f"sfd sample --model . {flag} {shlex.quote(example)} --n {n} --seed {seed} --out samples/"
+    lines = ["## Use", "", f"Run these from this folder (`PATH`; or set `PATH` to where the folder is). Each block needs only "
+             f"diffusers, torch and PIL and writes `sample_i.png` (seed {seed} + i), the images `{command}` writes.", ""]
+    merged = family.stock_recipe(pipe, "PATH", example, n, seed)
+    if merged is None:
+        lines += [f"This generator's one-step convention has no stock diffusers sampler: use `{command}`.", ""]
+    else:
+        lines += ["The one-step generator (merged weights) in the stock pipeline, one step from its noise level:", "",
+                  *_block({"PATH": "."}, [""] + merged), ""]
+    roles = summary.get("roles", {})
+    if roles.get("mode") == "lora":
+        on_base = roles.get("adapter_applies_to") == "base"
+        name = "BASE" if on_base else "TEACHER"
+        target = _shown(summary["generator_base"] if on_base else summary["base_model"], out)
+        adapter = family.stock_recipe(pipe, name, example, n, seed, lora='PATH + "/lora"') if family.lora_loader else None
+        if adapter is not None:
+            what = "the one-step base this erase started from" if on_base else "the teacher"
+            lines += [f"Or the generator's LoRA adapter alone (`lora/`, diffusers' key format) on {what}, `{target}`:", "",
+                      *_block({"PATH": ".", name: target}, [""] + adapter), ""]
+        else:
+            lines += ["Both LoRA adapters (peft keys, `generator/` and `fake_score/` prefixes) are in `sfd_adapters.safetensors`; "
+                      "load the merged weights above to sample.", ""]
+    lines += [f"With this toolkit: `{family.one_step_pipeline}.from_pretrained(PATH)` from its `pipelines` package, or `{command}`."]
+    return lines
+
+
+def _upload(summary: dict) -> list[str]:
+    """How to publish the folder under the id given with --hub-id (or a placeholder): `huggingface-cli upload`;
+    `sfd export` writes the files that AUTOMATIC1111 and ComfyUI load."""
+    hub = summary.get("hub_id") or "YOUR-NAME/MODEL-NAME"
+    return ["## Publish", "", "From this folder, after `huggingface-cli login`: `huggingface-cli upload " + hub + " . .`"
+            + ("" if summary.get("hub_id") else " (`sfd erase --hub-id NAME` records the id here)")
+            + ". For AUTOMATIC1111 and ComfyUI: `sfd export . --format single-file --out DIR` (or `kohya-lora` for a LoRA run).", ""]
+
+
+def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "", use: list[str] | None = None) -> str:
+    """README.md for a one-step model folder; `family` is its `sfd.families.ModelFamily`, `use` its `use_section`."""
     kind = family.condition_kind
     title, text = _what(summary, kind)
     shown = {k: v for k, v in summary["concepts"].items() if k not in ("forget_ids", "override_prompts")}
-    setup = {"base model": summary["base_model"], "family": family.description, "stage": summary["stage"]}
+    from .export.hub import display_name, front_matter, hub_metadata
+
+    setup = {"base model": display_name(summary["base_model"]), "family": family.description, "stage": summary["stage"]}
     if summary.get("generator_base"):
-        setup["one-step base"] = summary["generator_base"]
+        setup["one-step base"] = display_name(summary["generator_base"])
     roles = summary.get("roles", {})
     setup.update({"roles": roles.get("mode", "full"), "generator started from": roles.get("generator_from"),
                   "fake score started from": roles.get("fake_score_from")})
@@ -44,18 +107,14 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
         setup["LoRA rank / targets"] = f"{roles['rank']} / {', '.join(roles['targets'])}"
     setup["one-step convention"] = summary["one_step_convention"]
     parts = [
-        "---",
-        "library_name: diffusers",
-        "tags: [sfd, concept-erasure, machine-unlearning, one-step]",
-        "---",
+        *front_matter(hub_metadata(summary["base_model"], family, tags=["lora"] if roles.get("mode") == "lora" else [])),
         f"# {title}",
         "",
         text,
         "",
-        "## Use",
-        *family.usage(lora=summary.get("roles", {}).get("mode") == "lora",
-                      sigma_init=family.stock_recipe_sigma(summary["one_step_convention"], summary.get("sigma_init"))),
+        *(use or []),
         "",
+        *_upload(summary),
         "## Erasure" if summary["stage"] != "distill" else "## Distillation",
         _table({**setup, **shown}),
         "",

@@ -32,6 +32,13 @@ def read_model_index(path: str | Path) -> dict:
         raise SFDError(f"model path {str(path)!r} does not exist")
     if not p.is_dir():
         raise SFDError(f"model path {str(path)!r} is not a folder; expected a diffusers pipeline folder")
+    broken = [f for f in sorted(p.iterdir()) if f.is_symlink() and not f.exists()]
+    if broken:
+        import os
+
+        raise SFDError(f"{str(path)!r}: its component {broken[0].name} is a link to {os.readlink(broken[0])}, which does not "
+                       "exist here (a folder whose components are links was copied with `cp -r`?): copy it with `cp -rL`, "
+                       "which copies what the links point to")
     index = p / "model_index.json"
     if not index.is_file():
         raise SFDError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
@@ -59,11 +66,25 @@ def model_kind(path: str | Path) -> str:
     return read_model_index(path).get("_class_name", "")
 
 
+def _not_an_empty_fp32_list(record) -> bool:
+    """diffusers warns on every `.to(dtype)` of a model that declares modules to keep in float32, even when the list is
+    empty (`[]`): then nothing is kept and the warning is noise; a non-empty list still warns."""
+    return "should be kept in float32: []" not in record.getMessage()
+
+
 def quiet_loading() -> None:
-    """diffusers draws a progress bar per component load; our commands have their own."""
+    """diffusers and transformers draw a progress bar per component load (our commands have their own); diffusers'
+    float32 warning for an empty module list is dropped."""
+    import logging as std_logging
+
     from diffusers.utils import logging
+    from transformers.utils import logging as transformers_logging
 
     logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    modeling = std_logging.getLogger("diffusers.models.modeling_utils")
+    if _not_an_empty_fp32_list not in modeling.filters:
+        modeling.addFilter(_not_an_empty_fp32_list)
 
 
 @contextmanager

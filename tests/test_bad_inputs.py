@@ -200,3 +200,154 @@ def test_two_stage_and_lora_argument_errors(tiny_teacher_dir, tmp_path, capsys, 
     assert code == 2
     assert_one_line_error(code, err, f"sfd {command}: error:", *needles)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ what a new user hits (checked before training)
+
+@pytest.mark.parametrize("forget,needles", [
+    ("a red circle", ["'a red circle' is not a colour or shape of the shapes world", "--forget red --forget circle"]),
+    ("red circle", ["'red circle' is not a colour or shape", "--forget red --forget circle"]),
+    ("dog", ["'dog' is not a colour or shape", "none of the world's captions names it"]),
+], ids=["caption", "two-words", "unknown-word"])
+def test_a_concept_the_world_does_not_know_is_refused_before_training(tmp_path, capsys, forget, needles):
+    from sfd.models import checkpoints_dir
+
+    code, out, err = run_cli(capsys, "erase", "--model", str(checkpoints_dir() / "shapes" / "teacher"), "--forget", forget,
+                             "--override", "blue", "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, *needles)
+    assert "micro-batches" not in out and not (tmp_path / "o").exists()  # no training step was taken
+
+
+def test_lora_targets_that_match_no_module_are_refused_before_training(tiny_sd_dir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "erase", "--single-stage", "--model", str(tiny_sd_dir), "--forget", "red", "--override", "blue",
+                             "--lora-targets", "to_q,nonexistent_layer", "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "--lora-targets", "'nonexistent_layer'", "to_q")
+    assert "micro-batches" not in out and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_sample_guidance_must_be_a_finite_non_negative_number(tiny_sd_dir, tmp_path, capsys, value):
+    code, _, err = run_cli(capsys, "sample", "--model", str(tiny_sd_dir), "--prompt", "a red circle", "--guidance", value,
+                           "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "--guidance must be a non-negative number", value)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model,preset,needles", [
+    ("sdxl", "sd3", ["--preset sd3 is for sd3 models", "Stable Diffusion XL", "choose one of sd, shapes"]),
+    ("sd", "class", ["--preset class is for class-unet models", "Stable Diffusion 1.x/2.x"]),
+    ("class", "sd", ["--preset sd is for sd, sdxl models", "class-conditional UNet2D", "choose one of class"]),
+], ids=["sd3-on-sdxl", "class-on-sd", "sd-on-class"])
+def test_a_preset_of_another_family_is_refused(tiny_sd_dir, tiny_sdxl_dir, tiny_teacher_dir, tmp_path, capsys, model, preset, needles):
+    path = {"sd": tiny_sd_dir, "sdxl": tiny_sdxl_dir, "class": tiny_teacher_dir}[model]
+    concept = ["--forget", "1"] if model == "class" else ["--forget", "red", "--override", "blue"]
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(path), *concept, "--preset", preset,
+                           "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, *needles)
+
+
+def test_import_base_names_the_flags_it_was_given(tiny_sd_dir, tiny_sdxl_dir, tmp_path, capsys):
+    """A mismatched UNet is named by --unet (not --generator); --convention with --timestep is a contradiction, not a
+    silently ignored --timestep."""
+    code, _, err = run_cli(capsys, "import-base", "--unet", str(tiny_sdxl_dir), "--teacher", str(tiny_sd_dir), "--timestep", "500",
+                           "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line_error(code, err, f"--unet {tiny_sdxl_dir}")
+    assert "--generator" not in err
+    code, _, err = run_cli(capsys, "import-base", "--unet", str(tiny_sd_dir), "--teacher", str(tiny_sd_dir), "--convention", "sd-turbo",
+                           "--timestep", "500", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert_one_line_error(code, err, "--convention sd-turbo fixes the timestep", "--timestep would be ignored")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_base_of_another_family_names_both_families(tiny_sd_dir, tmp_path, capsys):
+    from sfd.models import checkpoints_dir
+
+    base = checkpoints_dir() / "digits" / "onestep"
+    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--generator", str(base), "--forget", "red", "--override",
+                           "blue", "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, "is a one-step class-conditional UNet2D model", "is a Stable Diffusion 1.x/2.x model")
+
+
+def test_diffusers_empty_float32_list_warning_is_silenced(tiny_sd_dir, caplog):
+    """diffusers warns "modules ... should be kept in float32: []" on every .to(dtype) of a model whose list is empty;
+    the families' loading drops that record (and only that one)."""
+    import logging
+
+    import torch
+
+    from sfd.families import load_model
+
+    _, pipe = load_model(str(tiny_sd_dir))
+    pipe.unet._keep_in_fp32_modules = []  # the declared-but-empty list that makes diffusers warn
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    with caplog.at_level(logging.WARNING, logger="diffusers.models.modeling_utils"):
+        logger.propagate, old = True, logger.propagate
+        try:
+            pipe.unet.to(torch.float32)
+            logger.warning("another diffusers warning")
+        finally:
+            logger.propagate = old
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another diffusers warning" in messages
+    assert not any("should be kept in float32: []" in m for m in messages)
+
+
+def test_a_failed_write_after_training_keeps_the_weights_in_a_recovery_file(tiny_teacher_dir, tmp_path, capsys, monkeypatch):
+    """A full disk (or any failure) while the folder is written: one line naming the recovery file, which holds the
+    generator's weights; no half-written --out is left."""
+    import json
+
+    from safetensors import safe_open
+
+    import sfd.erase
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sfd.erase, "_write_notes", full_disk)
+    out = tmp_path / "erased"
+    code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(tiny_teacher_dir), "--forget", "1", "--steps", "1",
+                           "--out", str(out), "--quiet")
+    assert code == 2
+    recovery = tmp_path / "erased.recovered-generator.safetensors"
+    assert_one_line_error(code, err, "could not write the model", "No space left on device", str(recovery))
+    assert not out.exists() and not any(p.name.startswith(".erased.") for p in tmp_path.iterdir())
+    with safe_open(str(recovery), framework="pt") as f:
+        meta, keys = json.loads(f.metadata()["sfd"]), set(f.keys())
+    from diffusers import UNet2DModel
+
+    assert keys == set(UNet2DModel.from_pretrained(tiny_teacher_dir / "unet").state_dict())  # the whole generator network
+    assert meta["family"] == "class-unet" and meta["roles"]["mode"] == "full"
+
+
+@pytest.mark.parametrize("how", ["class-model", "baseline"])
+def test_resolution_where_it_does_not_apply_is_refused(tiny_teacher_dir, tiny_sd_dir, tmp_path, capsys, how):
+    if how == "class-model":
+        argv, needles = ["--model", str(tiny_teacher_dir), "--forget", "1", "--single-stage"], ["--resolution applies to text-to-image"]
+    else:
+        argv, needles = ["--model", str(tiny_sd_dir), "--forget", "red", "--override", "blue", "--method", "uce"], ["--resolution applies to --method sfd"]
+    code, _, err = run_cli(capsys, "erase", *argv, "--resolution", "16", "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--batch", "1"], ["--batch 1: an erase needs at least 2 rows"]),
+    (["--batch", "0"], ["--batch must be >= 1"]),
+    (["--batch", "8", "--method", "uce", "--override", "blue"], ["--batch applies to --method sfd"]),
+], ids=["one-row-erase", "zero", "baseline"])
+def test_batch_that_cannot_erase_is_refused(tiny_sd_dir, tmp_path, capsys, args, needles):
+    stage = [] if "--method" in args else ["--single-stage", "--override", "blue"]
+    code, _, err = run_cli(capsys, "erase", *stage, "--model", str(tiny_sd_dir), "--forget", "red", *args, "--out", str(tmp_path / "o"),
+                           "--quiet")
+    assert code == 2
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()

@@ -58,7 +58,8 @@ def test_esd_and_uce_outputs_reload_and_sample(tiny_sd_dir, tmp_path, capsys):
         images = family.sample(pipe, ["a photo of a cat", "a dog"], [torch.Generator().manual_seed(i) for i in range(2)], steps=2,
                                guidance=3.0)
         assert images.shape[0] == 2 and torch.isfinite(images).all()
-        assert (out / "README.md").read_text().startswith("# cat erased with")
+        card = (out / "README.md").read_text()  # Hub metadata first (a YAML block), then the title
+        assert card.startswith("---\n") and "\n# cat erased with" in card
 
 
 def test_baseline_bad_inputs_give_one_line(tiny_sd_dir, tiny_teacher_dir, tmp_path, capsys):

@@ -167,3 +167,15 @@ def test_stock_pipeline_recipe_reproduces_the_one_step_images(flow_world):
     got = stock(PROMPTS, sigmas=[0.999], num_inference_steps=1, height=16, width=16, output_type="pt",
                 generator=[torch.Generator().manual_seed(s) for s in seeds], **kw).images
     assert float((got - ref).abs().max()) <= 1e-3
+
+
+def test_a_one_step_flow_folder_as_another_familys_base_names_both_families(flow_world, tiny_sdxl_dir, tmp_path, capsys):
+    from test_cli_class import assert_one_line_error
+
+    family, root = flow_world
+    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sdxl_dir), "--generator", str(root / "base"), "--forget", "red",
+                           "--override", "blue", "--out", str(tmp_path / "o"), "--quiet")
+    assert code == 2
+    name = {"sd3": "Stable Diffusion 3 / 3.5", "flux": "FLUX.1"}[family]
+    assert_one_line_error(code, err, f"is a one-step {name} model", "is a Stable Diffusion XL model")
+    assert "not an SFD one-step model" not in err

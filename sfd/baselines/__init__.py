@@ -39,7 +39,7 @@ def run_baseline(method: str, model: str, out: str, forget: Sequence[str], overr
 
     if method not in BASELINES:
         raise SFDError(f"unknown baseline {method!r}; expected one of {', '.join(BASELINES)}")
-    out_path = check_output_dir(out, overwrite)
+    out_path = check_output_dir(out, overwrite, {"--model": model})
     t0 = time.perf_counter()
     family = family_for(model)
     if family.condition_kind != "text":
@@ -97,9 +97,12 @@ def default_settings(method: str, family, model: str, forget=()):
 
 
 def _card(summary: dict, family) -> str:
+    from ..export.hub import display_name, front_matter, hub_metadata
+
     c = summary["concepts"]
-    lines = [f"# {', '.join(c['forget'])} erased with {summary['method'].upper()} (baseline)", "",
-             f"{summary['reference']}, applied by `sfd erase --method {summary['method']}` to `{summary['base_model']}` "
+    meta = hub_metadata(summary["base_model"], family, one_step=False, tags=[f"{summary['method']}-baseline"])
+    lines = [*front_matter(meta), f"# {', '.join(c['forget'])} erased with {summary['method'].upper()} (baseline)", "",
+             f"{summary['reference']}, applied by `sfd erase --method {summary['method']}` to `{display_name(summary['base_model'])}` "
              f"({family.description}). A multi-step {family.teacher_pipeline}: sample it like the original model.", "",
              "| setting | value |", "| --- | --- |"]
     lines += [f"| {k} | {json.dumps(v)} |" for k, v in summary["settings"].items() if k != "paper"]

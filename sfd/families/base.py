@@ -50,8 +50,10 @@ class ModelFamily:
         return type(pipe).__name__ == self.one_step_pipeline
 
     # ------------------------------------------------------------------------------------------ loading
-    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None):
-        """The teacher or one-step pipeline at `path`, in fp32 unless `dtype`; safetensors only unless `allow_pickle`."""
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None,
+             resolution: int | None = None):
+        """The teacher or one-step pipeline at `path`, in fp32 unless `dtype`; safetensors only unless `allow_pickle`.
+        `resolution`: the image side in pixels a teacher is trained at (text families; default: its own)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------- training
@@ -90,9 +92,10 @@ class ModelFamily:
         return {"frozen_dtype": dtype, "gradient_checkpointing": big if gradient_checkpointing is None else gradient_checkpointing,
                 "autocast_dtype": torch.bfloat16 if str(device).startswith("cuda") else None}
 
-    def check_base(self, teacher, base, base_path: str) -> None:
-        """One clear line if a one-step base does not fit the teacher: architecture, latent shape, noise schedule, conditioning."""
-        where = f"--generator {base_path}"
+    def check_base(self, teacher, base, base_path: str, flag: str = "--generator") -> None:
+        """One clear line if a one-step base does not fit the teacher: architecture, latent shape, noise schedule, conditioning;
+        `flag` names the option the base was given with (`--unet` for `sfd import-base`)."""
+        where = f"{flag} {base_path}"
         if not self.is_one_step(base):
             raise SFDError(f"{where} is a multi-step {type(base).__name__}; give a one-step model (made by `sfd distill`, "
                            "or imported with `sfd import-base`)")
@@ -154,12 +157,13 @@ class ModelFamily:
     def image_size(self, pipe) -> int:
         raise NotImplementedError
 
-    def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
-        """Model-card lines: how to load and sample the one-step pipeline (and, for a LoRA run, the adapter)."""
-        raise NotImplementedError
+    lora_loader: bool = False  # whether stock diffusers' `load_lora_weights` loads the `lora/` folder save_lora writes
 
-    def stock_recipe_sigma(self, convention: dict, sigma_init: float | None) -> float | None:
-        """The noise level for the model card's stock-diffusers recipe, or None when no stock recipe reproduces it."""
+    def stock_recipe(self, pipe, load: str, condition: str, n: int, seed: int, lora: str | None = None) -> list[str] | None:
+        """Python lines that sample the one-step folder `pipe` was saved as with diffusers, torch and PIL alone, for the
+        model card: `load` is the code of the folder to load (e.g. "PATH"), `lora` that of an adapter folder to load onto
+        it. They write sample_{i}.png for seeds seed + i, i < n: the images `sfd sample --n n --seed seed` writes for
+        `condition`. None when no stock recipe reproduces this generator (another one-step convention)."""
         return None
 
     def lora_targets(self) -> list[str]:

@@ -21,10 +21,14 @@ class ClassUNetFamily(ModelFamily):
     condition_kind = "class"
     metrics = "judge"
 
-    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None):
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None,
+             resolution: int | None = None):
         import torch
 
         from pipelines import ClassConditionalPipeline, OneStepClassPipeline
+
+        if resolution is not None:  # pixel-space UNets are trained at their own size
+            raise SFDError("--resolution applies to text-to-image models (latent diffusion), not class-conditional ones")
 
         from ..models import check_weights_are_safe, model_kind, quiet_diffusers, quiet_loading
 
@@ -104,14 +108,35 @@ class ClassUNetFamily(ModelFamily):
     def image_size(self, pipe) -> int:
         return int(pipe.unet.config.sample_size)
 
-    def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
-        lines = ["```python", "from pipelines import OneStepClassPipeline", "pipe = OneStepClassPipeline.from_pretrained(PATH)",
-                 "images = pipe([0, 1, 2], output_type='pil').images", "```",
-                 "or `sfd sample --model PATH --class 2 --n 16 --out samples/`."]
-        if lora:
-            lines += ["", "The generator's LoRA adapter alone (peft keys, `generator/` prefix) is in `sfd_adapters.safetensors`; "
-                      "UNet2DModel has no diffusers LoRA loader, so use the merged `unet/` above."]
-        return lines
+    # Turning the network's output at timestep t into x0 on the VP schedule (abar = alphas_cumprod[t]), as code.
+    _X0 = {"epsilon": "(x_t - (1 - abar).sqrt() * out) / abar.sqrt()", "v_prediction": "abar.sqrt() * x_t - (1 - abar).sqrt() * out",
+           "sample": "out"}
+
+    def stock_recipe(self, pipe, load: str, condition: str, n: int, seed: int, lora: str | None = None) -> list[str] | None:
+        """No diffusers pipeline samples a class-conditional UNet2DModel, so the recipe is the generator itself in torch:
+        the network at its timestep on its input (SiD's: the noise of that level, sqrt(1 - abar_t) z), then x0.
+        UNet2DModel has no diffusers LoRA loader (`lora` gives None: use the merged unet/)."""
+        from ..generators import OneStepConvention
+
+        conv = OneStepConvention.from_config(pipe.config)
+        pred = conv.prediction_type or pipe.scheduler.config.prediction_type
+        if lora or not float(conv.timestep).is_integer() or pred not in self._X0:
+            return None
+        t, k, cfg = int(conv.timestep), self.class_index(pipe, condition), pipe.unet.config
+        scale = "(1 - abar).sqrt()" if conv.is_sid else repr(float(conv.input_scale))
+        sched = type(pipe.scheduler).__name__
+        pixels = "p[0].numpy()" if cfg.out_channels == 1 else "p.permute(1, 2, 0).numpy()"
+        return ["import torch", "from PIL import Image", f"from diffusers import {sched}, UNet2DModel", "",
+                f"unet = UNet2DModel.from_pretrained({load}, subfolder='unet').float()",
+                f"abar = {sched}.from_pretrained({load}, subfolder='scheduler').alphas_cumprod[{t}]",
+                f"z = torch.cat([torch.randn((1, {cfg.in_channels}, {cfg.sample_size}, {cfg.sample_size}), "
+                f"generator=torch.Generator().manual_seed({seed} + i)) for i in range({n})])",
+                f"x_t = {scale} * z",
+                "with torch.no_grad():",
+                f"    out = unet(x_t, torch.full(({n},), {t}), class_labels=torch.full(({n},), {k})).sample  # class {condition!r}",
+                f"x0 = {self._X0[pred]}",
+                "for i, p in enumerate(((x0 / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)):",
+                f"    Image.fromarray({pixels}).save(f'sample_{{i}}.png')"]
 
     def lora_targets(self) -> list[str]:
         # UNet2DModel without attention: LoRA on the second convolution of each ResNet block, the time projections

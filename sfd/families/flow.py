@@ -8,6 +8,7 @@ t = 0.999, as SiD-DiT's --init_timestep 999 and the stock one-step FlowMatchEule
 
 from __future__ import annotations
 
+from ..errors import SFDError
 from .sd import StableDiffusionFamily
 
 # Attention (image and text streams), feed-forward: diffusers' SD3 / FLUX LoRA training scripts adapt these.
@@ -17,18 +18,17 @@ FLOW_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_pr
 
 class _FlowFamily(StableDiffusionFamily):
     network_name = "transformer"
-    stock_load_args = ""
     soft_prompt_search = False
     max_sequence_length = 256
 
     def load_kwargs(self, cls) -> dict:
         return {}
 
-    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype=None):
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype=None, resolution: int | None = None):
         """As SD's; a teacher whose sfd_world.json records `max_sequence_length` (a world trained with a short T5
         slot) keeps it (as `pipe.sfd_max_sequence_length`: a teacher pipeline's config takes no new keys), so that its
         prompts are encoded, and it is sampled, as it was trained."""
-        pipe = super().load(path, device, allow_pickle, dtype)
+        pipe = super().load(path, device, allow_pickle, dtype, resolution)
         from ..models import world_meta
 
         n = world_meta(path).get("max_sequence_length") if not self.is_one_step(pipe) else None
@@ -68,17 +68,26 @@ class _FlowFamily(StableDiffusionFamily):
         teacher_cls, _ = self.pipeline_types()
         teacher_cls.save_lora_weights(str(folder / "lora"), transformer_lora_layers=dict(state), safe_serialization=True)
 
-    def stock_recipe_sigma(self, convention: dict, sigma_init: float | None) -> float | None:
-        """Stock flow pipelines start from pure noise: the recipe reproduces generators called on z (input scale 1)."""
-        return sigma_init if convention.get("input_scale") == 1.0 else None
+    def stock_load_kwargs(self, pipe) -> str:
+        """Components the folder saved as None (an SD3 world without T5) are passed as None, as diffusers wants."""
+        return "".join(f", {name}=None" for name in pipe.components if getattr(pipe, name) is None)
 
-    def stock_step(self, sigma_init: float) -> list[str]:
-        t = sigma_init / (1 + sigma_init)
-        return ["pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=1.0, "
-                "use_dynamic_shifting=False)",
-                f"images = pipe(['a photo of a dog'], sigmas=[{t:.6g}], num_inference_steps=1, guidance_scale=1.0).images", "```"]
+    def stock_guidance(self, pipe) -> float:
+        return 1.0
 
-    stock_import = "FlowMatchEulerDiscreteScheduler"
+    def stock_call(self, pipe) -> tuple[str, str, dict] | None:
+        """Stock flow pipelines start from pure noise: one Euler step from t = timestep / 1000 reproduces generators
+        called on z (input scale 1), with the folder's T5 length and size."""
+        from ..generators import OneStepConvention
+
+        conv = OneStepConvention.from_config(pipe.config)
+        if conv.input_scale != 1.0:
+            return None
+        size = self.image_size(pipe)
+        return ("FlowMatchEulerDiscreteScheduler",
+                "FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=1.0, use_dynamic_shifting=False)",
+                {"sigmas": f"[{conv.timestep / 1000!r}]", "num_inference_steps": 1, "guidance_scale": repr(self.stock_guidance(pipe)),
+                 "height": size, "width": size, "max_sequence_length": self.sequence_length(pipe)})
 
 
 class StableDiffusion3Family(_FlowFamily):
@@ -132,12 +141,20 @@ class FluxFamily(_FlowFamily):
 
         return FluxPipeline, OneStepFluxPipeline
 
-    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype=None):
-        """As SD's; a world's sfd_world.json `image_size` sets the latent size (FLUX has no fixed sample size)."""
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype=None, resolution: int | None = None):
+        """As SD's; FLUX has no fixed sample size: `resolution` (pixels, a multiple of twice the VAE factor: latents are
+        packed in 2x2 patches), else a world's sfd_world.json `image_size`, else the pipeline's default (1024 px: 128x128
+        latents, 4,096 tokens, whatever the network's size) sets it, and the one-step folder records it."""
         pipe = super().load(path, device, allow_pickle, dtype)
         from ..models import world_meta
 
         size = world_meta(path).get("image_size") if not self.is_one_step(pipe) else None
+        if resolution is not None:
+            factor = 2 * pipe.vae_scale_factor
+            if resolution < factor or resolution % factor:
+                raise SFDError(f"--resolution {resolution} must be a multiple of {factor} (twice the VAE's factor: FLUX packs "
+                               "2x2 latent patches)")
+            size = resolution
         if size:
             pipe.default_sample_size = int(size) // pipe.vae_scale_factor
         return pipe
@@ -146,6 +163,12 @@ class FluxFamily(_FlowFamily):
         from pipelines.flow import flux_velocity
 
         return flux_velocity
+
+    def stock_guidance(self, pipe) -> float:
+        """A guidance-embedded transformer (FLUX.1-dev) is sampled at the guidance its one-step generator is called with
+        (`generator_guidance`): FluxPipeline's guidance_scale is that embedding, not a second branch."""
+        embedded = bool(getattr(self.network(pipe).config, "guidance_embeds", False))
+        return float(pipe.config.get("generator_guidance") or self.generator_guidance) if embedded else 1.0
 
     def teacher_denoiser(self, pipe):
         d = super().teacher_denoiser(pipe)

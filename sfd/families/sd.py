@@ -44,7 +44,11 @@ class StableDiffusionFamily(ModelFamily):
 
         return StableDiffusionPipeline, OneStepTextPipeline
 
-    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None):
+    def load(self, path: str, device: str = "cpu", allow_pickle: bool = False, dtype: torch.dtype | None = None,
+             resolution: int | None = None):
+        """`resolution`: a teacher's image side in pixels to train at (diffusers' training scripts' --resolution): its
+        network's `sample_size` becomes resolution / vae_scale_factor, which the latents, SDXL's size conditioning
+        and the one-step folder (a copy of that config) follow. A multiple of the VAE factor x the patch size."""
         import torch
 
         from ..families import pipeline_class_of
@@ -64,6 +68,13 @@ class StableDiffusionFamily(ModelFamily):
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
             raise SFDError(f"could not load {path}: {first_line(e)}") from None
         pipe.set_progress_bar_config(disable=True)
+        if resolution is not None:
+            net = self.network(pipe)
+            factor = pipe.vae_scale_factor * int(getattr(net.config, "patch_size", None) or 1)
+            if resolution < factor or resolution % factor:
+                raise SFDError(f"--resolution {resolution} must be a multiple of {factor} (the VAE's factor "
+                               f"{pipe.vae_scale_factor} x the network's patch size)")
+            net.register_to_config(sample_size=resolution // pipe.vae_scale_factor)
         return pipe.to(device)
 
     def load_kwargs(self, cls) -> dict:
@@ -80,8 +91,9 @@ class StableDiffusionFamily(ModelFamily):
     def conditions(self, pipe, forget, override, *, retain_prompts=None, negative_prompt="", world_meta=None, device="cpu"):
         from ..concepts import TextForgetSpec
         from ..prompts import RETAIN_PROMPTS
-        from ..worlds import world_prompts
+        from ..worlds import check_world_concepts, world_prompts
 
+        check_world_concepts(world_meta or {}, forget)
         captions = world_prompts(world_meta or {})
         retain = list(retain_prompts or captions or RETAIN_PROMPTS)
         if not forget:
@@ -127,34 +139,36 @@ class StableDiffusionFamily(ModelFamily):
     def image_size(self, pipe) -> int:
         return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
 
-    stock_load_args = ", safety_checker=None"  # what from_pretrained of the stock teacher pipeline needs here
-    stock_import = "EulerDiscreteScheduler"
+    lora_loader = True
 
-    def stock_recipe_sigma(self, convention: dict, sigma_init: float | None) -> float | None:
-        """The noise level the stock one-step recipe starts from, when it reproduces the generator (SiD's convention)."""
-        return sigma_init if convention.get("input_scale") is None else None
+    def stock_load_kwargs(self, pipe) -> str:
+        """Arguments of the stock teacher pipeline's from_pretrained that a one-step folder needs (none saved here)."""
+        return ", safety_checker=None"
 
-    def stock_step(self, sigma_init: float) -> list[str]:
-        """The model-card lines that sample the merged folder in one stock-scheduler step (SiD's convention)."""
-        return ["pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing')",
-                f"images = pipe(['a photo of a dog'], sigmas=[{sigma_init:.6g}, 0.0], guidance_scale=1.0).images", "```"]
+    def stock_call(self, pipe) -> tuple[str, str, dict] | None:
+        """(scheduler class, the stock pipeline's scheduler as code, call arguments as code) that sample the generator in
+        one step (DESIGN.md section 2.3): Euler from its noise level sigma_init to 0, guidance 1. SiD's convention only."""
+        from ..generators import OneStepConvention
 
-    def usage(self, lora: bool = False, sigma_init: float | None = None) -> list[str]:
-        """`sigma_init`: the noise level of a generator with SiD's convention, for the stock-diffusers recipe."""
-        one, stock = self.one_step_pipeline, self.teacher_pipeline
-        lines = ["```python", f"from pipelines import {one}", f"pipe = {one}.from_pretrained(PATH)",
-                 "images = pipe(['a photo of a dog'], output_type='pil').images", "```",
-                 "or `sfd sample --model PATH --prompt 'a photo of a dog' --n 4 --out samples/`."]
-        if sigma_init is None:
-            return lines
-        step = self.stock_step(sigma_init)
-        lines += ["", "With stock diffusers only: one Euler step from the generator's noise level.", "```python",
-                  f"from diffusers import {self.stock_import}, {stock}",
-                  f"pipe = {stock}.from_pretrained(PATH{self.stock_load_args})  # the merged generator as its UNet", *step]
-        if lora:
-            lines += ["", "Or the generator's LoRA adapter alone (`lora/`, diffusers' key format) on the teacher:", "```python",
-                      f"pipe = {stock}.from_pretrained(TEACHER{self.stock_load_args})", "pipe.load_lora_weights(PATH + '/lora')", *step]
-        return lines
+        if not OneStepConvention.from_config(pipe.config).is_sid:
+            return None
+        sigma, size = float(f"{self.generator(pipe).sigma_init:.9g}"), self.image_size(pipe)
+        return ("EulerDiscreteScheduler", "EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing='trailing')",
+                {"sigmas": f"[{sigma!r}, 0.0]", "guidance_scale": "1.0", "height": size, "width": size})
+
+    def stock_recipe(self, pipe, load: str, condition: str, n: int, seed: int, lora: str | None = None) -> list[str] | None:
+        call = self.stock_call(pipe)
+        if call is None:
+            return None
+        scheduler_cls, scheduler, kwargs = call
+        stock = self.teacher_pipeline
+        return ["import torch", f"from diffusers import {scheduler_cls}, {stock}", "",
+                f"pipe = {stock}.from_pretrained({load}{self.stock_load_kwargs(pipe)})",
+                *([f"pipe.load_lora_weights({lora})"] if lora else []),
+                f"pipe.scheduler = {scheduler}",
+                f"generators = [torch.Generator().manual_seed({seed} + i) for i in range({n})]",
+                f"images = pipe([{condition!r}] * {n}, " + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ", generator=generators).images",
+                "for i, image in enumerate(images):", "    image.save(f'sample_{i}.png')"]
 
     def lora_targets(self) -> list[str]:
         # Attention, feed-forward and resnet layers, the module list of diffusers' LCM-LoRA training script.

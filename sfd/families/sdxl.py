@@ -16,7 +16,6 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     teacher_pipeline = "StableDiffusionXLPipeline"
     one_step_pipeline = "OneStepTextXLPipeline"
     fallback_sampling = (40, 5.0)
-    stock_load_args = ""
     soft_prompt_search = False  # two text encoders and a pooled embedding: not wired into evaluators.attack yet
 
     def pipeline_types(self):
@@ -28,6 +27,9 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
 
     def load_kwargs(self, cls) -> dict:
         return {}
+
+    def stock_load_kwargs(self, pipe) -> str:
+        return ""
 
     def encode(self, pipe, prompts: list[str], device=None) -> dict:
         """SDXL's conditioning: both encoders' hidden states, the pooled embedding and the time ids of the model's size."""
