@@ -118,7 +118,8 @@ def flow_world(request, tmp_path_factory):
     (root / "teacher" / "sfd_world.json").write_text(json.dumps({"image_size": 16}))  # FLUX's latent size
     from sfd.cli import main
 
-    assert main(["distill", "--model", str(root / "teacher"), "--out", str(root / "base"), "--steps", "1", "--quiet"]) == 0
+    assert main(["distill", "--model", str(root / "teacher"), "--out", str(root / "base"), "--steps", "1", "--batch", "16",
+                 "--quiet"]) == 0
     return request.param, root
 
 

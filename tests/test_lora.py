@@ -264,7 +264,7 @@ def test_merged_folder_adapter_and_stock_recipe_give_the_same_images(lora_sd, ti
 def test_lora_stage_two_starts_from_a_lora_base_on_one_unet(tiny_sd_dir, tmp_path, capsys):
     base = tmp_path / "base"
     code, _, err = run_cli(capsys, "distill", "--model", str(tiny_sd_dir), "--lora", "--lora-rank", "4", "--out", str(base),
-                           "--steps", "2", "--quiet")
+                           "--steps", "2", "--batch", "16", "--quiet")
     assert code == 0, err
     out = tmp_path / "erased"
     code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--generator", str(base), "--lora", "--lora-rank", "4",
@@ -277,7 +277,7 @@ def test_lora_stage_two_starts_from_a_lora_base_on_one_unet(tiny_sd_dir, tmp_pat
     assert float((text_images(out) - text_images(base)).abs().max()) < 1e-5
     # a full base (not LoRA-distilled): the generator adapter sits on a frozen copy of the base's network
     full = tmp_path / "full"
-    assert run_cli(capsys, "distill", "--model", str(tiny_sd_dir), "--out", str(full), "--steps", "1", "--quiet")[0] == 0
+    assert run_cli(capsys, "distill", "--model", str(tiny_sd_dir), "--out", str(full), "--steps", "1", "--batch", "16", "--quiet")[0] == 0
     code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--generator", str(full), "--lora", "--forget", "red",
                            "--override", "blue", "--out", str(tmp_path / "e2"), "--steps", "0", "--quiet")
     assert code == 0, err

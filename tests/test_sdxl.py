@@ -39,7 +39,7 @@ def xl_base(tmp_path_factory, tiny_sdxl_dir):
     from sfd.cli import main
 
     out = tmp_path_factory.mktemp("xl") / "base"
-    assert main(["distill", "--model", str(tiny_sdxl_dir), "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    assert main(["distill", "--model", str(tiny_sdxl_dir), "--out", str(out), "--steps", "2", "--batch", "16", "--quiet"]) == 0
     return out
 
 

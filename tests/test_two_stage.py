@@ -54,7 +54,7 @@ def text_base(tmp_path_factory, tiny_sd_dir):
     root = tmp_path_factory.mktemp("two-stage-text")
     from sfd.cli import main
 
-    assert main(["distill", "--model", str(tiny_sd_dir), "--out", str(root / "base"), "--steps", "2", "--quiet"]) == 0
+    assert main(["distill", "--model", str(tiny_sd_dir), "--out", str(root / "base"), "--steps", "2", "--batch", "16", "--quiet"]) == 0
     return root
 
 
