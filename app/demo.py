@@ -28,7 +28,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports, no version
 
 import gradio as gr  # noqa: E402
 
-from sfd.errors import SFDError  # noqa: E402
+from sfd.errors import SFDError, first_line  # noqa: E402
 
 from . import audit_tab, catalog, runtime  # noqa: E402
 from .catalog import ModelEntry  # noqa: E402
@@ -60,11 +60,6 @@ class DemoConfig:
     roots: tuple[str, ...] | None = None  # folders scanned for models (default: checkpoints/ and runs/)
     checkpoints: str | None = None  # the bundled models' folder, listed apart from the user's (default: the install's)
     preload: bool = True  # load the default pair in the background once the page is served
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else e.__class__.__name__
 
 
 def _fmt_seconds(s: float) -> str:
@@ -171,10 +166,10 @@ class DemoApp:
                 except SFDError as e:
                     msg = str(e)
                 except ValueError as e:  # the pipelines' own input checks
-                    msg = f"invalid input: {_first_line(e)[:300]}"
+                    msg = f"invalid input: {first_line(e)[:300]}"
                 except Exception as e:  # noqa: BLE001 - the page must answer; the log keeps the details
                     traceback.print_exc(file=sys.stderr)
-                    msg = f"the request failed ({e.__class__.__name__}: {_first_line(e)[:200]}); details are in the server log"
+                    msg = f"the request failed ({e.__class__.__name__}: {first_line(e)[:200]}); details are in the server log"
                 gr.Warning(msg)
                 return fallback(msg)
             return run
@@ -432,7 +427,7 @@ def launch(config: DemoConfig, host: str = "127.0.0.1", port: int = DEFAULT_PORT
         _, url, _ = demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                                 show_error=False, css=CSS, allowed_paths=[str(app.work_dir)], max_file_size="2mb")
     except OSError as e:
-        raise SFDError(f"cannot serve on {host}:{port} ({_first_line(e)}); pass another --port, or --port 0 for a free one") from None
+        raise SFDError(f"cannot serve on {host}:{port} ({first_line(e)}); pass another --port, or --port 0 for a free one") from None
     url = url or f"http://{host}:{port}/"
     if not quiet:
         print(f"sfd demo: serving {url} (Ctrl-C to stop); audits are written under {app.work_dir}", flush=True)

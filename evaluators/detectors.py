@@ -11,8 +11,8 @@ Spec syntax (`--detector`), options after ';' as key=value:
 - `clip:CONCEPT[@MODEL][;vs=A,B,...][;threshold=P][;template=T1|T2]` - zero-shot CLIP detection. The concept
   is flagged when it wins the zero-shot vote against every contrast concept (`vs`; default: the other
   colours or shapes of the shapes world when CONCEPT is one of them, else a small neutral list), or, with
-  `threshold`, when its softmax probability among concept + contrasts is >= P (a calibrated threshold, see
-  `calibrate_threshold`). MODEL is a local open_clip folder (default: the shapes world's
+  `threshold`, when its softmax probability among concept + contrasts is >= P (a threshold you calibrated, e.g. the
+  quantile of the scores of concept-free images that flags the false-positive rate you accept). MODEL is a local open_clip folder (default: the shapes world's
   checkpoints/shapes/clip) or `NAME:TAG` of a pretrained open_clip model (needs a network or a warm cache),
   e.g. `clip:red@ViT-B-32:laion2b_s34b_b79k`. Quotes around CONCEPT are optional: `clip:"Van Gogh style"`.
   Each image's CLIP score against its own prompt is recorded too (`clip_score`).
@@ -24,7 +24,6 @@ Spec syntax (`--detector`), options after ';' as key=value:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,8 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from sfd.errors import SFDError
+from sfd.errors import SFDError, first_line
+from sfd.models import file_sha256
 
 # Contrasts for concepts outside the shapes world: broad, mutually different subjects, none of them a
 # typical erasure target, so that "wins against all of them" means the concept dominates the image.
@@ -101,14 +101,6 @@ def _probability(value: str, what: str) -> float:
     return p
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def package_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -132,7 +124,7 @@ def load_clip(model: str | None, device: str = "cpu"):
         try:
             clip = ClipEvaluator.from_pretrained(path, device=device)
         except Exception as e:  # open_clip raises many kinds on a broken folder
-            raise SFDError(f"could not load the CLIP model at {str(path)!r}: {_first_line(e)}") from None
+            raise SFDError(f"could not load the CLIP model at {str(path)!r}: {first_line(e)}") from None
         weights = path / WEIGHTS_NAME
         desc = {"source": "local", "path": str(path.resolve()),
                 "weights_sha256": file_sha256(weights) if weights.is_file() else None}
@@ -146,17 +138,12 @@ def load_clip(model: str | None, device: str = "cpu"):
     try:
         clip = ClipEvaluator.from_open_clip(name, tag, device=device)
     except Exception as e:
-        why = _first_line(e)
+        why = first_line(e)
         why = why if len(why) <= 160 else why[:157] + "..."
         raise SFDError(f"could not load open_clip model {name}:{tag} ({why}); without a network it must be in the cache") from None
     finally:
         logging.disable(logging.NOTSET)
     return clip, {"source": "open_clip", "name": name, "pretrained": tag}
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else e.__class__.__name__
 
 
 def default_contrasts(concept: str) -> tuple[tuple[str, ...], tuple[str, ...], str]:
@@ -232,18 +219,6 @@ class ClipDetector:
                  "clip_score": float(cs[i])} for i in range(len(images))]
 
 
-def calibrate_threshold(detector: ClipDetector, negatives: torch.Tensor, false_positive_rate: float = 0.05) -> float:
-    """A threshold on the concept probability that flags `false_positive_rate` of concept-free images.
-
-    Use images known not to show the concept (e.g. the contrast prompts rendered by the teacher); then build the
-    detector again with `;threshold=` that value, and record how it was obtained.
-    """
-    if not 0 < false_positive_rate < 1:
-        raise ValueError("false_positive_rate must lie in (0, 1)")
-    scores = torch.tensor([r["score"] for r in detector.score(negatives, [])])
-    return float(torch.quantile(scores, 1 - false_positive_rate))
-
-
 # ------------------------------------------------------------------------------------------ classifier
 
 class ClassifierDetector:
@@ -260,7 +235,7 @@ class ClassifierDetector:
         try:
             self.judge = ConvJudge.from_pretrained(p).to(device)
         except Exception as e:
-            raise SFDError(f"could not load the classifier judge at {str(path)!r}: {_first_line(e)}") from None
+            raise SFDError(f"could not load the classifier judge at {str(path)!r}: {first_line(e)}") from None
         names = list(self.judge.config.class_names)
         if not concept_classes:
             raise SFDError(f"classifier:{path} needs the concept class(es) after '=', e.g. classifier:{path}=3")
@@ -365,10 +340,6 @@ class DetectorFactory:
         if dup:
             raise SFDError(f"detector {dup[0]!r} given twice")
         return dets
-
-
-def build_detectors(specs: Sequence[str], device: str = "cpu") -> list[Detector]:
-    return DetectorFactory(device).build_all(specs)
 
 
 # -------------------------------------------------------------------------------------------- FID / KID

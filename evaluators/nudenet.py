@@ -145,7 +145,7 @@ class NudeNetDetector:
         if nudenet is None:
             return {"file": "injected"}
         path = Path(nudenet.__file__).resolve().parent / "320n.onnx"
-        from .detectors import file_sha256
+        from sfd.models import file_sha256
 
         return {"file": path.name, "sha256": file_sha256(path) if path.is_file() else None}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from sfd.errors import SFDError
+from sfd.models import file_sha256
 
 SEED_COLUMNS = ("evaluation_seed", "seed", "sd_seed")
 GUIDANCE_COLUMNS = ("evaluation_guidance", "guidance", "sd_guidance")
@@ -69,7 +70,7 @@ class PromptSet:
     def describe(self) -> dict:
         """What a report records about the prompt set."""
         return {"path": self.path, "format": self.format, "n_prompts": len(self.items), "n_in_file": self.total_in_file,
-                "categories_filter": list(self.categories_filter), "sha256": _sha256(self.path) if Path(self.path).is_file() else None,
+                "categories_filter": list(self.categories_filter), "sha256": file_sha256(self.path) if Path(self.path).is_file() else None,
                 "has_file_seeds": any(it.seed is not None for it in self.items),
                 "has_file_guidance": any(it.guidance is not None for it in self.items)}
 
@@ -82,16 +83,6 @@ def image_seed(item: PromptItem, j: int, base_seed: int) -> int:
     if item.seed is not None:
         return item.seed + j
     return base_seed * SEED_STRIDE + item.index * IMAGE_STRIDE + j
-
-
-def _sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _where(path: Path, line: int) -> str:

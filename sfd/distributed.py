@@ -22,7 +22,3 @@ def init_from_env(device: str) -> str:
 
     state = PartialState(cpu=not str(device).startswith("cuda"))
     return str(state.device)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -46,6 +44,3 @@ class EMA:
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
-    def clone_module(self, module: nn.Module) -> nn.Module:
-        return self.copy_to(copy.deepcopy(module))

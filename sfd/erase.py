@@ -22,9 +22,8 @@ import torch
 
 from . import __version__
 from .config import SFDConfig
-from .errors import SFDError
+from .errors import SFDError, first_line
 from .families import ModelFamily, family_for, pipeline_class_of
-from .families.base import first_line
 from .generators import OneStepConvention
 from .model_card import model_card, use_section
 from .models import model_identity, quiet_diffusers, world_meta

@@ -134,6 +134,17 @@ def load_text_pipeline(path: str, device: str = "cpu", dtype=None, allow_pickle:
     return StableDiffusionFamily().load(path, device, allow_pickle=allow_pickle, dtype=dtype)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a whole file (weights, prompt sets), read in 1 MiB chunks: what a report records to name its inputs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def model_identity(path: str) -> dict | None:
     """A cheap fingerprint of a model folder's weights: per safetensors file, its size and a hash of its first and
     last MiB (the header and tensor data). Resuming an audit after the weights changed in place is refused;

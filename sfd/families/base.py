@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from ..errors import SFDError
+from ..errors import SFDError, first_line  # noqa: F401 (first_line: the families import it from here)
 
 if TYPE_CHECKING:  # torch loads when a model does, not when the demo lists its models
     import torch
@@ -198,8 +198,3 @@ def _torch_dtype(name: str | None, device: str):
     if name not in table:
         raise SFDError(f"unknown dtype {name!r}; expected fp32, bf16 or fp16")
     return table[name]
-
-
-def first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else e.__class__.__name__
