@@ -398,7 +398,7 @@ class AuditProbe:
 
 def attack_report(models: list[LoadedModel], detector, results: dict, cfg: AttackSettings, seconds: float) -> dict:
     """The report dict of a standalone `sfd attack` run (rendered by evaluators.report)."""
-    from .audit import software_versions
+    from sfd.versions import software_versions
 
     return {"format": "sfd-attack/1",
             "settings": {"models": [m.describe() for m in models], "detectors": [{"name": detector.name, **detector.settings}],

@@ -26,9 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ import torch
 from sfd.errors import SFDError
 from sfd.models import model_identity
 from sfd.outputs import check_not_an_input
+from sfd.versions import software_versions
 
 from .prompt_sets import PromptItem, PromptSet, image_seed, load_prompt_set
 
@@ -396,16 +395,6 @@ class Job:
 
 def image_relpath(job: Job) -> str:
     return f"{IMAGES_DIR}/m{job.model_index}/{job.item.index:05d}_{job.image:03d}_s{job.seed}.png"
-
-
-def software_versions() -> dict:
-    from .detectors import package_version
-
-    import sfd
-
-    names = ("torch", "diffusers", "transformers", "open_clip_torch", "numpy", "scipy", "pillow", "nudenet", "onnxruntime")
-    return {"sfd": sfd.__version__, **{n: package_version(n) for n in names if package_version(n)},
-            "python": sys.version.split()[0], "platform": platform.platform()}
 
 
 def _describe_detectors(detectors) -> list[dict]:

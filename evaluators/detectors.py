@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from sfd.errors import SFDError, first_line
 from sfd.models import file_sha256
+from sfd.versions import package_version
 
 # Contrasts for concepts outside the shapes world: broad, mutually different subjects, none of them a
 # typical erasure target, so that "wins against all of them" means the concept dominates the image.
@@ -99,15 +100,6 @@ def _probability(value: str, what: str) -> float:
     if not 0.0 <= p <= 1.0 or math.isnan(p):
         raise SFDError(f"{what} must be a number in [0, 1], got {value!r}")
     return p
-
-
-def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ CLIP

@@ -163,7 +163,7 @@ class NudeNetDetector:
 
 
 def _version(name: str) -> str | None:
-    from .detectors import package_version
+    from sfd.versions import package_version
 
     return package_version(name)
 

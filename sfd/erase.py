@@ -20,7 +20,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import __version__
 from .config import SFDConfig
 from .errors import SFDError, first_line
 from .families import ModelFamily, family_for, pipeline_class_of
@@ -31,6 +30,7 @@ from .outputs import check_not_an_input, check_output_dir, staged_dir
 from .memory import OutOfMemory
 from .robust import build_adversary
 from .roles import FullRoles
+from .versions import software_versions
 from .trainer import DivergenceError, SFDTrainer, read_state, save_state_atomic
 
 SFD_CONFIG_NAME = "sfd_config.json"
@@ -103,12 +103,6 @@ def run_training(trainer: SFDTrainer, out: Path, identity: dict, resume: bool, c
         where = f"last good state: {state_path}" if state_path.is_file() else "no state was saved (use --checkpoint-every N)"
         raise type(e)(f"{e}; {where}") from None
     return {**run, "resumed_from_step": resumed_from}
-
-
-def software_versions() -> dict:
-    import diffusers
-
-    return {"sfd": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
