@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from sfd.distributed import resolve_device
 from sfd.errors import SFDError
 
 from .catalog import ModelEntry, describe_model, same_kind_message
@@ -159,15 +160,6 @@ class CachedModel:
     loaded: object  # evaluators.audit.LoadedModel
     load_seconds: float
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> cuda when available, else cpu (imports torch)."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class ModelCache:

@@ -8,65 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from .errors import Interrupted, SFDError
-
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _nonneg_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {v}")
-        return v
-
-    return parse
-
-
-def _pos_int(name: str):
-    def parse(text: str) -> int:
-        v = _nonneg_int(name)(text)
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
-        return v
-
-    return parse
-
-
-def _float_arg(name: str, positive: bool = False):
-    """A finite float argument, >= 0 (or > 0 with `positive`); bad values are argparse's one-line errors."""
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(v) or v < 0 or (positive and v == 0):
-            raise argparse.ArgumentTypeError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {text!r}")
-        return v
-
-    return parse
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SFDError(f"--device {name} asked for, but no CUDA device is available")
-    return name
+from .cli_args import EXIT_USAGE, Parser as _Parser, float_arg as _float_arg, nonneg_int as _nonneg_int  # noqa: F401
+from .cli_args import pos_int as _pos_int, run_command
+from .distributed import resolve_device as _device
+from .errors import SFDError
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -560,19 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except Interrupted as e:
-        print(f"sfd {args.command}: {e}; the training state is saved, continue with --resume", file=sys.stderr)
-        return 130
-    except SFDError as e:
-        print(f"sfd {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"sfd {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

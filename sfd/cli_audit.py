@@ -21,7 +21,7 @@ def cmd_audit(a) -> int:
 
     from evaluators.audit import AuditSettings, run_audit
 
-    from .cli import _device
+    from .distributed import resolve_device as _device
 
     device = _device(a.device)
     if device == "cpu" and a.threads:
@@ -101,7 +101,7 @@ def cmd_attack(a) -> int:
     from evaluators.prompt_sets import load_prompt_set
     from evaluators.report import write_reports
 
-    from .cli import _device
+    from .distributed import resolve_device as _device
     from .outputs import check_output_dir
 
     device = _device(a.device)
@@ -146,7 +146,7 @@ def cmd_attack(a) -> int:
 
 def add_parsers(sub) -> None:
     """Add `audit` and `attack` to an argparse subparsers object (sfd/cli.py's build_parser)."""
-    from .cli import _float_arg, _nonneg_int, _pos_int
+    from .cli_args import float_arg as _float_arg, nonneg_int as _nonneg_int, pos_int as _pos_int
 
     au = sub.add_parser("audit", help="generate from a prompt set with fixed seeds, run detectors, write JSON/CSV/HTML reports")
     au.add_argument("--model", required=True, action="append", help="model folder (repeatable: models are compared side by side)")
@@ -215,10 +215,12 @@ def add_parsers(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sfd.cli_audit`: the main `sfd` command line (where audit and attack are wired)."""
-    from .cli import main as cli_main
+    """`python -m sfd.cli_audit`: the `sfd` command line with audit and attack alone (`sfd` itself has every command)."""
+    from .cli_args import Parser, run_command
 
-    return cli_main(argv)
+    parser = Parser(prog="sfd")
+    add_parsers(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    return run_command(parser, argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def cmd_demo(a) -> int:
     # torch loads with the first model, after the page is served; only an explicit CUDA device is checked now.
     device = a.device
     if device.startswith("cuda"):
-        from .cli import _device
+        from .distributed import resolve_device as _device
 
         device = _device(device)
     elif device not in ("auto", "cpu"):
@@ -65,7 +65,7 @@ def cmd_demo(a) -> int:
 
 def add_parsers(sub) -> None:
     """Add `demo` to an argparse subparsers object (sfd/cli.py's build_parser)."""
-    from .cli import _nonneg_int, _pos_int
+    from .cli_args import nonneg_int as _nonneg_int, pos_int as _pos_int
 
     d = sub.add_parser("demo", help="Gradio page: the original and an erased model side by side, with timings and concept scores")
     d.add_argument("--host", default="127.0.0.1", help=LOOPBACK_HELP)
@@ -87,10 +87,12 @@ def add_parsers(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sfd.cli_demo`: the main `sfd` command line (where demo is wired)."""
-    from .cli import main as cli_main
+    """`python -m sfd.cli_demo`: the `sfd` command line with demo alone (`sfd` itself has every command)."""
+    from .cli_args import Parser, run_command
 
-    return cli_main(argv)
+    parser = Parser(prog="sfd")
+    add_parsers(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    return run_command(parser, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,19 @@ from __future__ import annotations
 import os
 
 
+def resolve_device(name: str) -> str:
+    """`auto`: cuda when available, else cpu; an explicit cuda device that is not there is one line (imports torch)."""
+    import torch
+
+    from .errors import SFDError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SFDError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
