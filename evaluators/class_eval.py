@@ -80,3 +80,22 @@ def score_samples(judge: ConvJudge, images, labels, real_images, real_labels, fo
         result["forget_accuracy"] = sum(acc[k] for k in forget) / len(forget)
         result["forget_classes"] = [judge.config.class_names[k] for k in forget]
     return result
+
+
+def format_class_table(results: dict[str, dict], class_names, forget=()) -> str:
+    """Per-class accuracy of one or more models as a text table; forgotten classes are marked with '*'."""
+    cols = list(results)
+    w = max(12, *(len(c) + 2 for c in cols))
+    lines = ["class".ljust(14) + "".join(c.rjust(w) for c in cols)]
+    for k, name in enumerate(class_names):
+        mark = "*" if k in forget else " "
+        lines.append(f"{mark}{name}".ljust(14) + "".join(f"{results[c]['per_class_accuracy'][name]:>{w}.1%}" for c in cols))
+    rows = [("retained mean", "retained_mean_accuracy", "{:.1%}"), ("retained min", "retained_min_accuracy", "{:.1%}"),
+            ("FD retained", "fd_retained", "{:.3f}"), ("sampling s", "sampling_seconds", "{:.1f}")]
+    if forget:
+        rows.insert(0, ("forget acc", "forget_accuracy", "{:.1%}"))
+    for label, key, fmt in rows:
+        lines.append(label.ljust(14) + "".join(fmt.format(results[c].get(key, float("nan"))).rjust(w) for c in cols))
+    if forget:
+        lines.append("* = erased class; accuracy = share of samples for a class that the judge assigns to it")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import EXIT_USAGE, Parser as _Parser, float_arg as _float_arg, nonneg_int as _nonneg_int  # noqa: F401
+from .cli_args import Parser as _Parser, float_arg as _float_arg, nonneg_int as _nonneg_int
 from .cli_args import pos_int as _pos_int, run_command
 from .distributed import resolve_device as _device
 from .errors import SFDError
@@ -226,6 +226,7 @@ def cmd_sample(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    from evaluators.class_eval import format_class_table
     from evaluators.world_metrics import default_judge, evaluate_digits_model
 
     from .families import family_for, pipeline_class_of
@@ -250,116 +251,6 @@ def cmd_eval(a) -> int:
     print(format_class_table({"model": m}, pipe.config.class_names, forget))
     if a.json:
         Path(a.json).write_text(json.dumps(m, indent=2))
-    return 0
-
-
-def format_class_table(results: dict[str, dict], class_names, forget=()) -> str:
-    """Per-class accuracy of one or more models as a text table; forgotten classes are marked with '*'."""
-    cols = list(results)
-    w = max(12, *(len(c) + 2 for c in cols))
-    lines = ["class".ljust(14) + "".join(c.rjust(w) for c in cols)]
-    for k, name in enumerate(class_names):
-        mark = "*" if k in forget else " "
-        lines.append(f"{mark}{name}".ljust(14) + "".join(f"{results[c]['per_class_accuracy'][name]:>{w}.1%}" for c in cols))
-    rows = [("retained mean", "retained_mean_accuracy", "{:.1%}"), ("retained min", "retained_min_accuracy", "{:.1%}"),
-            ("FD retained", "fd_retained", "{:.3f}"), ("sampling s", "sampling_seconds", "{:.1f}")]
-    if forget:
-        rows.insert(0, ("forget acc", "forget_accuracy", "{:.1%}"))
-    for label, key, fmt in rows:
-        lines.append(label.ljust(14) + "".join(fmt.format(results[c].get(key, float("nan"))).rjust(w) for c in cols))
-    if forget:
-        lines.append("* = erased class; accuracy = share of samples for a class that the judge assigns to it")
-    return "\n".join(lines)
-
-
-def cmd_train_teacher(a) -> int:
-    from .outputs import check_output_dir, staged_dir
-
-    if a.world not in ("digits", "shapes"):
-        raise SFDError(f"unknown world {a.world!r}; available: digits, shapes")
-    if a.world == "shapes":
-        return _train_shapes_world(a)
-    if a.family != "sd" or a.components_from:
-        raise SFDError("--family and --components-from apply to the shapes world")
-    from .worlds import digits
-
-    out = check_output_dir(a.out, a.overwrite)
-    judge, jstats = digits.train_judge(digits.JudgeTrainConfig(seed=a.seed), progress=not a.quiet)
-    tcfg = digits.TeacherTrainConfig(seed=a.seed) if a.steps is None else digits.TeacherTrainConfig(seed=a.seed, steps=a.steps)
-    unet, tstats = digits.train_teacher(tcfg, progress=not a.quiet)
-    with staged_dir(out) as tmp:
-        judge.save_pretrained(tmp / "judge")
-        (tmp / "judge" / "training.json").write_text(json.dumps(jstats, indent=2))
-        digits.save_teacher(unet, tmp / "teacher", tstats)
-    print(f"digits world -> {out}: judge held-out accuracy {jstats['heldout_accuracy']:.1%}; "
-          f"teacher {tstats['steps']} steps in {tstats['train_seconds']:.0f} s")
-    return 0
-
-
-def _train_shapes_world(a) -> int:
-    """Shapes world: tiny CLIP, VAE, then UNet + text encoder; a stopped run continues with --resume."""
-    from .outputs import check_not_an_input, check_output_dir
-    from .worlds import shapes
-
-    out = Path(a.out)
-    reuse = a.components_from
-    if reuse is None and a.family != "sd":  # another teacher structure beside the bundled world: its CLIP and VAE
-        from .models import checkpoints_dir
-
-        reuse = str(checkpoints_dir() / "shapes")
-    check_not_an_input(a.out, {"--components-from": None if reuse == "none" else reuse})
-    if not a.resume:
-        check_output_dir(a.out, a.overwrite)
-        if out.is_dir():  # --overwrite: start from scratch, reusing no stage of the old world
-            import shutil
-
-            shutil.rmtree(out)
-    elif (out / "teacher").exists():
-        raise SFDError(f"{out} already holds a finished world (teacher/); nothing to resume")
-    tcfg = shapes.teacher_config(a.family, a.steps)
-    if reuse not in (None, "none") and not (Path(reuse) / "clip").is_dir():
-        raise SFDError(f"--components-from {reuse}: no shapes world there (expected clip/ and teacher/vae/)")
-    stats = shapes.train_world(out, seed=a.seed, progress=not a.quiet, teacher_cfg=tcfg, family=a.family,
-                               components_from=None if reuse in (None, "none") else reuse)
-    ev = stats["evaluation"]
-    print(f"shapes world -> {out}: teacher {tcfg.steps} steps; per-prompt colour rate min {ev['colour_min']:.0%}, "
-          f"shape rate min {ev['shape_min']:.0%} (judged by the world's CLIP)")
-    return 0
-
-
-def cmd_quickstart(a) -> int:
-    from evaluators.world_metrics import evaluate_digits_model, world_evaluator
-
-    from .config import preset
-    from .erase import default_base, run_sfd
-    from .families import family_for
-    from .models import checkpoints_dir
-
-    from .outputs import check_not_an_input
-
-    teacher_dir = str(checkpoints_dir() / "digits" / "teacher")
-    judge = checkpoints_dir() / "digits" / "judge"
-    check_not_an_input(a.out, {"(the bundled digits world)": checkpoints_dir() / "digits"})
-    family = family_for(teacher_dir)
-    base = default_base(teacher_dir)
-    config = preset("class", "erase" if base else "single").replace(seed=a.seed)
-    start = f"the distilled one-step base {base} (stage 2; teacher {teacher_dir})" if base else f"{teacher_dir} (single stage)"
-    print(f"1/3 erasing class {a.forget} from {start}, override random -> {a.out}", flush=True)
-    summary = run_sfd(teacher_dir, a.out, config, forget=[a.forget], override="random", generator=str(base) if base else None,
-                      overwrite=True, progress=not a.quiet, evaluate=world_evaluator(family, teacher_dir, seed=config.seed,
-                                                                                       progress=not a.quiet), family=family)
-    forget = tuple(summary["concepts"]["forget_ids"])
-    print("2/3 evaluating the teacher (multi-step sampler) with the same seeds", flush=True)
-    teacher = family.load(teacher_dir)
-    before = evaluate_digits_model(teacher, forget, judge, 100, config.seed, progress=not a.quiet)
-    print("3/3 before / after", flush=True)
-    after = summary["metrics"]
-    print(format_class_table({"teacher": before, "erased 1-step": after}, teacher.config.class_names, forget))
-    per_img_t = before["sampling_seconds"] / 1000
-    per_img_e = after["sampling_seconds"] / 1000
-    print(f"erase took {summary['erase_seconds']:.0f} s; one-step sampling is {per_img_t / per_img_e:.0f}x faster "
-          f"than the teacher's sampler ({per_img_e * 1e3:.2f} vs {per_img_t * 1e3:.2f} ms/image)")
-    print(f"erased model written to {a.out} (model card: {a.out}/README.md); `sfd demo` shows it beside its teacher")
     return 0
 
 
@@ -405,10 +296,8 @@ def _add_run_arguments(p, model_help: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sfd", description="Erase concepts from diffusion models with Score Forgetting Distillation.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_training_parsers(sub) -> None:
+    """`sfd erase` and `sfd distill`."""
     e = sub.add_parser("erase", help="erase class(es) or concept(s) from a model; writes a one-step model folder")
     _add_run_arguments(e, "teacher: a diffusers pipeline folder (or hub id)")
     e.add_argument("--forget", required=True, action="append", help="class (index or name) or concept text to forget (repeatable)")
@@ -432,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--negative-prompt", help="text models: replaces the unconditional branch of guidance")
     di.set_defaults(func=cmd_distill)
 
+
+def _add_model_parsers(sub) -> None:
+    """`sfd import-base`, `sfd sample` and `sfd eval`."""
     ib = sub.add_parser("import-base", help="make a one-step UNet distilled elsewhere (SD-Turbo, DMD2, ...) a base for `sfd erase`")
     ib.add_argument("--unet", required=True, help="the one-step UNet: a diffusers UNet folder, or a pipeline folder with unet/")
     ib.add_argument("--teacher", required=True, help="the multi-step teacher it was distilled from (text encoder, VAE, schedule)")
@@ -472,38 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true")
     v.set_defaults(func=cmd_eval)
 
-    t = sub.add_parser("train-teacher", help="train a world's teacher and judge from scratch")
-    t.add_argument("world", help="digits or shapes")
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=_pos_int("--steps"), help="teacher training steps (default: the world's)")
-    t.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
-    t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--resume", action="store_true", help="shapes: continue a stopped run in --out from its last finished stage")
-    t.add_argument("--family", choices=["sd", "sdxl", "sd3"], default="sd",
-                   help="shapes: the teacher's structure; sdxl trains an SDXL-structured teacher (two text encoders, pooled "
-                        "embeddings, time ids), sd3 an SD3-structured rectified-flow transformer, on the CLIP and VAE of "
-                        "--components-from")
-    t.add_argument("--components-from", help="shapes: reuse the CLIP and VAE of this world (default for --family sdxl/sd3: "
-                                             "checkpoints/shapes; 'none' trains them too)")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train_teacher)
 
-    q = sub.add_parser("quickstart", help="erase the default class from the bundled digits teacher; print before/after")
-    q.add_argument("--forget", default="1", help="class to erase (default 1)")
-    q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
-    q.add_argument("--quiet", action="store_true")
-    q.set_defaults(func=cmd_quickstart)
-
+def build_parser() -> argparse.ArgumentParser:
+    """Every `sfd` command; the commands of the other cli_* modules register themselves with their add_parsers."""
     from .cli_audit import add_parsers as add_audit_parsers
-
-    add_audit_parsers(sub)
     from .cli_demo import add_parsers as add_demo_parsers
-
-    add_demo_parsers(sub)
     from .cli_export import add_parsers as add_export_parsers
+    from .cli_worlds import add_parsers as add_world_parsers
 
-    add_export_parsers(sub)
+    p = _Parser(prog="sfd", description="Erase concepts from diffusion models with Score Forgetting Distillation.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_training_parsers, _add_model_parsers, add_world_parsers, add_audit_parsers, add_demo_parsers,
+                add_export_parsers):
+        add(sub)
     return p
 
 
