@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .cli_args import float_arg as _float_arg, nonneg_int as _nonneg_int, pos_int as _pos_int
 from .errors import SFDError
 
 DETECTOR_HELP = ("detector spec (repeatable): clip:CONCEPT[@MODEL][;vs=A,B][;threshold=P], e.g. clip:red or "
@@ -146,8 +147,11 @@ def cmd_attack(a) -> int:
 
 def add_parsers(sub) -> None:
     """Add `audit` and `attack` to an argparse subparsers object (sfd/cli.py's build_parser)."""
-    from .cli_args import float_arg as _float_arg, nonneg_int as _nonneg_int, pos_int as _pos_int
+    _add_audit_parser(sub)
+    _add_attack_parser(sub)
 
+
+def _add_audit_parser(sub) -> None:
     au = sub.add_parser("audit", help="generate from a prompt set with fixed seeds, run detectors, write JSON/CSV/HTML reports")
     au.add_argument("--model", required=True, action="append", help="model folder (repeatable: models are compared side by side)")
     au.add_argument("--prompts", required=True, help="prompt file: .txt (one per line), .csv (I2P columns) or .jsonl")
@@ -188,6 +192,8 @@ def add_parsers(sub) -> None:
     au.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     au.set_defaults(func=cmd_audit)
 
+
+def _add_attack_parser(sub) -> None:
     at = sub.add_parser("attack", help="search for prompts that bring an erased concept back (paraphrases, soft-prompt gradients)")
     at.add_argument("--model", required=True, action="append", help="model folder (repeatable)")
     at.add_argument("--concept", required=True, help="the erased concept, e.g. red or 'Van Gogh'")
