@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 from .errors import SFDError
 
@@ -120,11 +120,6 @@ class SFDConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SFDConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def resolved(self, default_guidance: float) -> "SFDConfig":
         """With `guidance_teacher` filled in from the teacher's default when unset."""
