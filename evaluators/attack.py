@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from sfd.errors import SFDError
+from sfd.robust import TokenSwap, placeholder_ids
 
 from .audit import LoadedModel, generate, quantize, rate_summary, save_png
 from .prompt_sets import PromptItem, image_seed
@@ -151,35 +152,6 @@ def base_items(concept: str, items: Sequence[PromptItem] | None, limit: int) -> 
 
 # ------------------------------------------------------------------------------------ gradient search
 
-class _TokenSwap:
-    """Forward hook that replaces the token embeddings at positions 1..k (after the start token)."""
-
-    def __init__(self, layer: torch.nn.Module, k: int):
-        self.layer, self.k, self.values = layer, k, None
-
-    def __call__(self, module, inputs, output):
-        if self.values is None:
-            return output
-        out = output.clone()
-        out[:, 1 : 1 + self.k] = self.values.to(out.dtype)
-        return out
-
-    def __enter__(self):
-        self.handle = self.layer.register_forward_hook(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-
-def _placeholder_ids(tokenizer, prompts: Sequence[str], k: int) -> torch.Tensor:
-    """Token ids of the prompts with k placeholder slots after the start token, padded to the model's length."""
-    length = tokenizer.model_max_length
-    ids = tokenizer(list(prompts), padding="max_length", max_length=length - k, truncation=True, return_tensors="pt").input_ids
-    filler = torch.full((len(prompts), k), tokenizer.eos_token_id, dtype=ids.dtype)  # replaced by the hook
-    return torch.cat([ids[:, :1], filler, ids[:, 1:]], 1)
-
-
 def _banned_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     """Ids the projection may not use: special tokens, and sub-word pieces (CLIP BPE tokens without the
     end-of-word mark '</w>'), so that a hard prompt written as space-separated words tokenizes back to the
@@ -210,7 +182,7 @@ def gradient_search(model: LoadedModel, detector, items: Sequence[PromptItem], s
     table = layer.weight.detach()
     banned = _banned_tokens(tok, table.shape[0]).to(table.device)
     k, n = cfg.soft_tokens, len(items)
-    ids = _placeholder_ids(tok, [it.prompt for it in items], k).to(device)
+    ids = placeholder_ids(tok, [it.prompt for it in items], k).to(device)
     g = torch.Generator().manual_seed(cfg.init_seed)
     mask = torch.ones(table.shape[0], dtype=torch.bool)
     mask[banned.cpu()] = False
@@ -230,7 +202,7 @@ def gradient_search(model: LoadedModel, detector, items: Sequence[PromptItem], s
     best = soft.detach().clone()
     success_step = [None] * n
     best_score = torch.zeros(n)
-    swap = _TokenSwap(layer, k)
+    swap = TokenSwap(layer, k)
     with swap:
         for step in range(cfg.attack_steps + 1):
             proj = table[_nearest_tokens(soft.detach(), table, banned)] if cfg.project else None
