@@ -81,13 +81,14 @@ def use_section(family, pipe, summary: dict, out: str, example: str, n: int = 4,
     return lines
 
 
-def _upload(summary: dict) -> list[str]:
-    """How to publish the folder under the id given with --hub-id (or a placeholder): `huggingface-cli upload`;
-    `sfd export` writes the files that AUTOMATIC1111 and ComfyUI load."""
+def _upload(summary: dict, text_model: bool) -> list[str]:
+    """How to publish the folder under the id given with --hub-id (or a placeholder): `huggingface-cli upload`; for
+    text-to-image models, `sfd export` writes the files that AUTOMATIC1111 and ComfyUI load."""
     hub = summary.get("hub_id") or "YOUR-NAME/MODEL-NAME"
+    ui = (". For AUTOMATIC1111 and ComfyUI: `sfd export . --format single-file --out DIR` (or `kohya-lora` for a LoRA run)"
+          if text_model else "")
     return ["## Publish", "", "From this folder, after `huggingface-cli login`: `huggingface-cli upload " + hub + " . .`"
-            + ("" if summary.get("hub_id") else " (`sfd erase --hub-id NAME` records the id here)")
-            + ". For AUTOMATIC1111 and ComfyUI: `sfd export . --format single-file --out DIR` (or `kohya-lora` for a LoRA run).", ""]
+            + ("" if summary.get("hub_id") else " (`sfd erase --hub-id NAME` records the id here)") + ui + ".", ""]
 
 
 def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "", use: list[str] | None = None) -> str:
@@ -114,7 +115,7 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
         "",
         *(use or []),
         "",
-        *_upload(summary),
+        *_upload(summary, family.condition_kind == "text"),
         "## Erasure" if summary["stage"] != "distill" else "## Distillation",
         _table({**setup, **shown}),
         "",
