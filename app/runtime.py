@@ -157,7 +157,7 @@ def check_request(base_path, compare_path, prompt, negative_prompt, class_name, 
 @dataclass
 class CachedModel:
     entry: ModelEntry
-    loaded: object  # evaluators.audit.LoadedModel
+    loaded: object  # evaluators.sampling.LoadedModel
     load_seconds: float
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -200,7 +200,7 @@ class ModelCache:
                     return self._models[key], False
             import torch
 
-            from evaluators.audit import load_model
+            from evaluators.sampling import load_model
 
             if self.threads:
                 torch.set_num_threads(self.threads)

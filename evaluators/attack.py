@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from sfd.errors import SFDError
 from sfd.robust import TokenSwap, placeholder_ids
 
-from .audit import LoadedModel, generate, quantize, rate_summary, save_png
+from .sampling import LoadedModel, generate, quantize, save_png
+from .stats import rate_summary
 from .prompt_sets import PromptItem, image_seed
 
 # Small on purpose: words a user of an erased model would try first. Keys are lower case.

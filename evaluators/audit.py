@@ -28,9 +28,9 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,11 +41,14 @@ from sfd.outputs import check_not_an_input
 from sfd.versions import software_versions
 
 from .prompt_sets import PromptItem, PromptSet, image_seed, load_prompt_set
+# Loading and sampling models, PNG I/O and the statistics live in their own modules (the attacks and the robustness
+# table use them too); the names stay importable from here.
+from .sampling import check_prompts, generate, inspect_model, load_model, load_png, model_labels, quantize, save_png  # noqa: F401
+from .stats import difference_interval, mcnemar_exact, rate_summary, wilson_interval  # noqa: F401
 
 STATE_NAME = "audit.json"
 RECORDS_NAME = "images.jsonl"
 IMAGES_DIR = "images"
-Z95 = 1.959963984540054
 
 
 def rank_records_name(rank: int) -> str:
@@ -117,172 +120,6 @@ def load_reference_image(path: Path, size: int) -> torch.Tensor:
         img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
         arr = np.asarray(img)
     return torch.from_numpy(arr.copy()).float().permute(2, 0, 1) / 255
-
-
-# ------------------------------------------------------------------------------------------- models
-
-@dataclass
-class LoadedModel:
-    """A pipeline and what the audit needs to know to sample it the same way every time."""
-
-    label: str
-    path: str
-    kind: str  # what each image is conditioned on: "text" (a prompt) or "class" (a class name); the family's condition_kind
-    pipeline: str  # class name from model_index.json
-    pipe: object = field(repr=False)
-    one_step: bool
-    steps: int | None  # sampler steps used (None for one-step models)
-    guidance: float | None  # default guidance (None for one-step models)
-    image_size: int
-    family: object = field(default=None, repr=False)  # sfd.families.ModelFamily
-
-    def describe(self) -> dict:
-        return {"label": self.label, "path": self.path, "kind": self.kind, "pipeline": self.pipeline, "one_step": self.one_step,
-                "steps": self.steps, "default_guidance": self.guidance, "image_size": self.image_size}
-
-
-def inspect_model(path: str) -> str:
-    """The pipeline class of a model folder, checked before any work starts (one-line errors)."""
-    from sfd.families import family_of_pipeline, pipeline_class_of
-
-    kind = pipeline_class_of(path)
-    family_of_pipeline(kind)  # raises for a pipeline no family supports
-    return kind
-
-
-def model_labels(paths: Sequence[str]) -> list[str]:
-    """Short unique labels: folder names, with '#2', '#3' for repeats."""
-    labels = []
-    for p in paths:
-        base = Path(p.rstrip("/")).name or p
-        label, k = base, 2
-        while label in labels:
-            label, k = f"{base}#{k}", k + 1
-        labels.append(label)
-    return labels
-
-
-class _QuietLoading:
-    """Hide diffusers'/transformers' loading bars (one per component: noise in an audit's output)."""
-
-    def __enter__(self):
-        import diffusers.utils.logging as dl
-        import transformers.utils.logging as tl
-
-        self.mods = [(m, m.is_progress_bar_enabled()) for m in (dl, tl)]
-        for m, _ in self.mods:
-            m.disable_progress_bar()
-
-    def __exit__(self, *exc):
-        for m, was in self.mods:
-            if was:
-                m.enable_progress_bar()
-
-
-def load_model(path: str, label: str, device: str = "cpu", steps: int | None = None, allow_pickle: bool = False) -> LoadedModel:
-    with _QuietLoading():
-        return _load_model(path, label, device, steps, allow_pickle)
-
-
-def _load_model(path: str, label: str, device: str, steps: int | None, allow_pickle: bool) -> LoadedModel:
-    from sfd.families import family_of_pipeline
-    from sfd.models import world_meta
-
-    pipeline = inspect_model(path)
-    family = family_of_pipeline(pipeline)
-    meta = world_meta(path) if Path(path).is_dir() else {}
-    pipe = family.load(path, device, allow_pickle=allow_pickle)
-    one_step = family.is_one_step(pipe)
-    default_steps, guidance = family.sampler_defaults(pipe, meta)
-    n_steps = None if one_step else (steps or default_steps)
-    return LoadedModel(label, path, family.condition_kind, pipeline, pipe, one_step, n_steps, guidance, family.image_size(pipe),
-                       family=family)
-
-
-def check_prompts(model: LoadedModel, prompts: Sequence[str]) -> None:
-    """Each prompt must be a condition the model takes (a class model's prompts name classes): one-line errors."""
-    for p in prompts:
-        try:
-            model.family.check_condition(model.pipe, p)
-        except SFDError as e:
-            raise SFDError(f"{model.label} {e}") from None
-
-
-@torch.no_grad()
-def generate(model: LoadedModel, prompts: Sequence[str], seeds: Sequence[int], guidance: float | None,
-             negative_prompt: str | None = None) -> torch.Tensor:
-    """Images in [0, 1] (NCHW, CPU), one per (prompt, seed); noise comes from per-image CPU generators."""
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    check_prompts(model, prompts)
-    images = model.family.sample(model.pipe, list(prompts), gens, steps=model.steps, guidance=guidance, negative_prompt=negative_prompt)
-    return images.float().cpu().clamp(0, 1)
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """What a PNG stores: 8 bits per channel."""
-    return (images * 255).round() / 255
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """Write atomically: a killed run never leaves a truncated PNG under the final name."""
-    from PIL import Image
-
-    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0], "L") if arr.shape[-1] == 1 else Image.fromarray(arr, "RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def load_png(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
-    t = torch.from_numpy(arr.copy()).float() / 255
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-
-
-# ------------------------------------------------------------------------------------------ statistics
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
-    """95% Wilson score interval of a proportion k/n (stays inside [0, 1], sensible at k = 0 or n)."""
-    if n <= 0:
-        return None, None
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At k = 0 (k = n) the bound is exactly 0 (1); computing it leaves a rounding residue.
-    return (0.0 if k == 0 else max(0.0, center - half)), (1.0 if k == n else min(1.0, center + half))
-
-
-def rate_summary(flags: Sequence[bool]) -> dict:
-    n, k = len(flags), int(sum(bool(f) for f in flags))
-    lo, hi = wilson_interval(k, n)
-    return {"n": n, "flagged": k, "rate": k / n if n else None, "ci_low": lo, "ci_high": hi}
-
-
-def difference_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float | None, float | None]:
-    """Newcombe's hybrid score interval for p1 - p2 (method 10 of Newcombe 1998)."""
-    if n1 <= 0 or n2 <= 0:
-        return None, None
-    p1, p2 = k1 / n1, k2 / n2
-    l1, u1 = wilson_interval(k1, n1, z)
-    l2, u2 = wilson_interval(k2, n2, z)
-    d = p1 - p2
-    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pair counts."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(min(only_a, only_b), n, 0.5).pvalue)
 
 
 # ---------------------------------------------------------------------------------------- the run state

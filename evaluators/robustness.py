@@ -44,7 +44,8 @@ from sfd.robust import TokenSwap, placeholder_ids  # the attack primitives robus
 from sfd.tree import tree_cat
 
 from .attack import _banned_tokens, _nearest_tokens
-from .audit import LoadedModel, quantize, rate_summary
+from .sampling import LoadedModel, quantize
+from .stats import rate_summary
 
 ATTACKS = ("prompt", "inversion", "match", "noise", "conditioning")
 # `conditioning` (UMA's output matching on the UNet's conditioning itself, no text behind it) is opt-in: it is an
@@ -517,7 +518,7 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
     from sfd.prompts import mentions
     from sfd.worlds import shapes, world_prompts
 
-    from .audit import load_model, model_labels
+    from .sampling import load_model, model_labels
     from .detectors import DetectorFactory, feature_extractor
 
     factory = DetectorFactory(device)

@@ -97,7 +97,7 @@ def cmd_attack(a) -> int:
     import torch
 
     from evaluators.attack import AttackSettings, attack_report, run_attack
-    from evaluators.audit import inspect_model, load_model, model_labels
+    from evaluators.sampling import inspect_model, load_model, model_labels
     from evaluators.detectors import ClipDetector, DetectorFactory
     from evaluators.prompt_sets import load_prompt_set
     from evaluators.report import write_reports
