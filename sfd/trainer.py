@@ -161,11 +161,9 @@ class SFDTrainer:
         optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------------------ steps
-    def _micro_batches(self, batch: ConditionBatch, z, sigma, noise, m: int | None = None):
-        """This process's rows in `m` (default: the run's count) equal parts, each with its share of retain and forget
-        rows, so that the mean of the parts' losses is the whole batch's (gradient accumulation for batches that do
-        not fit)."""
-        m = m or self.micro_batches or self.resolve_micro_batches().count
+    def _micro_batches(self, batch: ConditionBatch, z, sigma, noise, m: int):
+        """This process's rows in `m` equal parts, each with its share of retain and forget rows, so that the mean of the
+        parts' losses is the whole batch's (gradient accumulation for batches that do not fit)."""
         if m == 1:
             yield batch, z, sigma, noise
             return
@@ -208,7 +206,7 @@ class SFDTrainer:
         c = self.config
         parts_sum: dict = {}
         self.roles.set_trainable(generator=False, fake=True)
-        m = self.micro_batches or self.resolve_micro_batches().count
+        m = self.resolve_micro_batches().count  # chosen once, on the first step
         for micro in self._micro_batches(*self._global_batch(for_fake_training=True), m):
             parts = self._fake_micro(*micro, m)
             parts_sum = {k: parts_sum.get(k, 0.0) + v / m for k, v in parts.items()}
@@ -220,7 +218,7 @@ class SFDTrainer:
         c = self.config
         parts_sum: dict = {}
         self.roles.set_trainable(generator=True, fake=False)  # fake score frozen, but gradients flow through its input
-        m = self.micro_batches or self.resolve_micro_batches().count
+        m = self.resolve_micro_batches().count  # chosen once, on the first step
         for micro in self._micro_batches(*self._global_batch(for_fake_training=False), m):
             parts = self._generator_micro(*micro, m)
             parts_sum = {k: parts_sum.get(k, 0.0) + v / m for k, v in parts.items()}
