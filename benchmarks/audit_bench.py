@@ -28,8 +28,8 @@ def stand_in_teacher(path: Path) -> Path:
     """A random-weight shapes teacher with the default architecture, saved like the bundled one."""
     import torch
 
-    from sfd.worlds import shapes
-    from sfd.worlds.tokenizer import build_clip_tokenizer
+    from sfd.commands.worlds import shapes
+    from sfd.core.worlds.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)
     cfg = shapes.TeacherTrainConfig()
@@ -40,8 +40,8 @@ def stand_in_teacher(path: Path) -> Path:
 
 
 def stand_in_clip(path: Path) -> Path:
-    from evaluators.clip import ClipEvaluator
-    from sfd.worlds import shapes
+    from sfd.evaluators.clip import ClipEvaluator
+    from sfd.commands.worlds import shapes
 
     ClipEvaluator.from_config(shapes.clip_model_cfg(), shapes.CLIP_MEAN, shapes.CLIP_STD, seed=0).save_pretrained(path)
     return path
@@ -51,8 +51,8 @@ def stand_in_one_step(teacher: Path, path: Path) -> Path:
     """The teacher's parts as a OneStepTextPipeline (what `sfd erase` writes; its weights do not change the cost)."""
     import json
 
-    from pipelines import OneStepTextPipeline
-    from sfd.worlds import shapes
+    from sfd.pipelines import OneStepTextPipeline
+    from sfd.commands.worlds import shapes
 
     t = shapes.load_teacher(teacher)
     OneStepTextPipeline(vae=t.vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer, unet=t.unet, scheduler=t.scheduler,
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
-    from evaluators.audit import AuditSettings, run_audit
-    from sfd.worlds import shapes
+    from sfd.evaluators.audit import AuditSettings, run_audit
+    from sfd.commands.worlds import shapes
 
     tmp = Path(tempfile.mkdtemp(prefix="audit_bench_"))
     out_root = Path(a.out) if a.out else tmp

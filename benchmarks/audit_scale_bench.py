@@ -35,7 +35,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NU
 
 
 def prompt_file(path: Path, n: int) -> Path:
-    from sfd.worlds import shapes
+    from sfd.core.worlds import shapes
 
     captions = [shapes.caption(c, s, t) for t in range(len(shapes.TEMPLATES)) for c in range(len(shapes.COLOURS))
                 for s in range(len(shapes.SHAPES))]

@@ -75,8 +75,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--link-only", action="store_true", help="only link the shared components of existing bases")
     a = ap.parse_args()
-    from sfd.config import preset
-    from sfd.families import family_for
+    from sfd.core.config import preset
+    from sfd.core.families import family_for
 
     for world in a.worlds.split(","):
         if a.link_only:

@@ -51,15 +51,15 @@ def free_port() -> int:
 
 
 def demo_command() -> list[str]:
-    """`python -m sfd demo` once the subcommand is wired into sfd/cli.py, else `python -m sfd.cli_demo demo`."""
+    """`python -m sfd demo` once the subcommand is wired into sfd/commands/cli.py, else `python -m sfd.commands.cli_demo demo`."""
     import argparse as ap
 
-    from sfd.cli import build_parser
+    from sfd.commands.cli import build_parser
 
     for action in build_parser()._actions:
         if isinstance(action, ap._SubParsersAction) and "demo" in action.choices:
             return [sys.executable, "-m", "sfd", "demo"]
-    return [sys.executable, "-m", "sfd.cli_demo", "demo"]
+    return [sys.executable, "-m", "sfd.commands.cli_demo", "demo"]
 
 
 def erased_stand_in(teacher: Path, out: Path) -> Path:
@@ -73,8 +73,8 @@ def erased_stand_in(teacher: Path, out: Path) -> Path:
 
 def choose_models(a, tmp: Path) -> tuple[str, str, str, list[str]]:
     """(base, compare, clip, notes)."""
-    from app import catalog
-    from sfd.models import checkpoints_dir
+    from sfd.app import catalog
+    from sfd.core.models import checkpoints_dir
 
     notes = []
     teacher, clip = checkpoints_dir() / "shapes" / "teacher", checkpoints_dir() / "shapes" / "clip"

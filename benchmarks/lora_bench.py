@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from evaluators.world_metrics import world_evaluator
-from sfd.config import preset
-from sfd.erase import ADAPTERS_FILE, default_base, run_sfd
-from sfd.families import family_for
-from sfd.models import checkpoints_dir
+from sfd.evaluators.world_metrics import world_evaluator
+from sfd.core.config import preset
+from sfd.core.erase import ADAPTERS_FILE, default_base, run_sfd
+from sfd.core.families import family_for
+from sfd.core.models import checkpoints_dir
 
 
 def size_mb(path: Path) -> float:

@@ -1,5 +1,5 @@
 """Robust SFD against plain two-stage SFD on the shapes world: erase time, forgetting, retained quality, and ASR under
-the robustness suite's attacks (held-out judges; evaluators.robustness).
+the robustness suite's attacks (held-out judges; sfd.evaluators.robustness).
 
   python benchmarks/robust_bench.py                                   # circle; default attacks + conditioning
   python benchmarks/robust_bench.py --concepts red,circle --keep runs/robust-sfd
@@ -17,10 +17,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from sfd.config import preset
-from sfd.erase import run_sfd
-from sfd.models import checkpoints_dir
-from sfd.worlds import shapes
+from sfd.core.config import preset
+from sfd.core.erase import run_sfd
+from sfd.core.models import checkpoints_dir
+from sfd.core.worlds import shapes
 
 ROWS = ("sfd-two-stage", "sfd-robust")
 
@@ -41,12 +41,12 @@ def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate,
 
 
 def attack(concept: str, paths: dict, teacher: str, a, extra: dict) -> dict:
-    from evaluators.audit import load_model
-    from evaluators.detectors import DetectorFactory, feature_extractor
-    from evaluators.robustness import RobustnessSettings, Victim, markdown_table, robustness_report
-    from sfd.prompts import mentions
-    from sfd.worlds import world_prompts
-    from sfd.worlds.shapes_judge import judge_spec
+    from sfd.evaluators.audit import load_model
+    from sfd.evaluators.detectors import DetectorFactory, feature_extractor
+    from sfd.evaluators.robustness import RobustnessSettings, Victim, markdown_table, robustness_report
+    from sfd.core.prompts import mentions
+    from sfd.core.worlds import world_prompts
+    from sfd.commands.worlds.shapes_judge import judge_spec
 
     factory = DetectorFactory()
     cfg = RobustnessSettings(concept, attacks=tuple(a.attacks.split(",")), n_seeds=a.seeds, max_prompts=a.max_prompts,
@@ -77,9 +77,9 @@ def main() -> None:
     ap.add_argument("--keep", help="folder for the erased models (reused when present); default a temporary folder")
     ap.add_argument("--json", default="benchmarks/results/robust_sfd.json")
     a = ap.parse_args()
-    from evaluators.robustness import summary_columns
-    from evaluators.world_metrics import world_evaluator
-    from sfd.families import family_for
+    from sfd.evaluators.robustness import summary_columns
+    from sfd.evaluators.world_metrics import world_evaluator
+    from sfd.core.families import family_for
 
     teacher, base = str(checkpoints_dir() / "shapes" / "teacher"), str(checkpoints_dir() / "shapes" / "onestep")
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-robust-"))

@@ -7,7 +7,7 @@
 
 Rows: the original teacher; the teacher with the concept as its negative prompt (a weak defence); the bundled
 one-step distillation with no forgetting (checkpoints/shapes/onestep); SFD two-stage (from that base) and single-stage;
-ESD-x, ESD-u and UCE (`sfd erase --method ...`). Every row is attacked the same way (evaluators.robustness) on the same
+ESD-x, ESD-u and UCE (`sfd erase --method ...`). Every row is attacked the same way (sfd.evaluators.robustness) on the same
 (prompt, seed) pairs, judged by the held-out CNN judges, and measured for retained detection and CLIP score (the
 world's metrics, erased / teacher), FID/KID to the original (CLIP image features, retained prompts), erase time and
 sampling time per image. Writes robustness_<concept>.{json,csv,html} to --out and a summary JSON to --json.
@@ -21,21 +21,22 @@ from pathlib import Path
 
 import torch
 
-from evaluators.audit import load_model
-from evaluators.detectors import DetectorFactory, feature_extractor
-from evaluators.robustness import (ATTACKS, DEFAULT_ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table, robustness_report,
+from sfd.evaluators.audit import load_model
+from sfd.evaluators.detectors import DetectorFactory, feature_extractor
+from sfd.evaluators.robustness import (ATTACKS, DEFAULT_ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table, robustness_report,
                                    summary_columns, write_table)
-from evaluators.world_metrics import world_evaluator
-from sfd.baselines import run_baseline
-from sfd.config import preset
-from sfd.erase import run_sfd
-from sfd.families import family_for
-from sfd.models import checkpoints_dir
-from sfd.prompts import mentions
-from sfd.worlds import shapes, world_prompts
-from sfd.worlds.shapes_judge import judge_spec
+from sfd.evaluators.world_metrics import world_evaluator
+from sfd.core.baselines import run_baseline
+from sfd.core.methods import baselines
+from sfd.core.config import preset
+from sfd.core.erase import run_sfd
+from sfd.core.families import family_for
+from sfd.core.models import checkpoints_dir, world_meta
+from sfd.core.prompts import mentions
+from sfd.core.worlds import shapes, world_prompts
+from sfd.commands.worlds.shapes_judge import judge_spec
 
-ROWS = ("original", "negative-prompt", "distilled", "sfd-two-stage", "sfd-single-stage", "esd-x", "esd-u", "uce")
+ROWS = ("original", "negative-prompt", "distilled", "sfd-two-stage", "sfd-single-stage", *baselines())  # baselines: sfd.core.methods
 
 
 def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate) -> tuple[str, dict]:
@@ -47,7 +48,7 @@ def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate)
     override = shapes.next_value(concept)
     if row.startswith("sfd"):
         two = row == "sfd-two-stage"
-        config = preset("shapes", "erase" if two else "single")
+        config = preset(family_for(teacher).preset(world_meta(teacher)), "erase" if two else "single")  # the world's preset for its family
         s = run_sfd(teacher, str(out), config, forget=[concept], override=override, generator=base if two else None,
                     progress=False, overwrite=True, evaluate=evaluate)
     else:
@@ -66,6 +67,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=RobustnessSettings.lr, help="the attacks' Adam rate (RobustnessSettings.lr)")
     ap.add_argument("--sampler-steps", type=int, default=RobustnessSettings.sampler_steps,
                     help="steps of the differentiable sampler that attacks multi-step models")
+    ap.add_argument("--teacher", default=str(checkpoints_dir() / "shapes" / "teacher"),
+                    help="the shapes world's teacher (default the bundled SD-structured one; `sfd train-teacher shapes --family "
+                         "sdxl|sd3` makes the others)")
+    ap.add_argument("--base", default=str(checkpoints_dir() / "shapes" / "onestep"),
+                    help="its one-step distillation (`sfd distill`), the base of sfd-two-stage and the `distilled` row")
     ap.add_argument("--keep", help="folder for the erased models (reused when present); default a temporary folder")
     ap.add_argument("--out", default="benchmarks/results/robustness", help="folder of the per-concept tables")
     ap.add_argument("--json", default="benchmarks/results/robustness.json")
@@ -74,8 +80,7 @@ def main() -> None:
     bad = [r for r in rows if r not in ROWS]
     if bad:
         raise SystemExit(f"unknown row {bad[0]!r}; expected some of {', '.join(ROWS)}")
-    teacher = str(checkpoints_dir() / "shapes" / "teacher")
-    base = str(checkpoints_dir() / "shapes" / "onestep")
+    teacher, base = a.teacher, a.base
     import tempfile
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="sfd-robustness-"))

@@ -83,8 +83,8 @@ def build_network(model: str, **changes):
 
 
 def lora_targets(model: str) -> list[str]:
-    from sfd.families.flow import FLOW_LORA_TARGETS
-    from sfd.families.sd import StableDiffusionFamily
+    from sfd.core.families.flow import FLOW_LORA_TARGETS
+    from sfd.core.families.sd import StableDiffusionFamily
 
     return list(FLOW_LORA_TARGETS) if model in TRANSFORMERS else StableDiffusionFamily().lora_targets()
 
@@ -96,7 +96,7 @@ def count_params(model: str) -> int:
 
 def lora_params(model: str, rank: int) -> int:
     """Parameters of one LoRA adapter with the family's default targets, counted on the meta device."""
-    from sfd import adapters
+    from sfd.core import adapters
 
     with torch.device("meta"):
         net = build_network(model)
@@ -122,7 +122,7 @@ def paper_estimate(n_params: int, frozen_bytes: int = 2, mode: str = "full", n_l
 
 def conditions(model: str, device: str):
     """Random text conditioning with the real shapes, through the same TextForgetSpec the CLI builds."""
-    from sfd.concepts import TextForgetSpec
+    from sfd.core.concepts import TextForgetSpec
 
     cfg = MODELS[model]
     spec = TextForgetSpec.build(["nudity"], "a person, dressed", ["a photo of a dog", "a painting of a city"])
@@ -148,11 +148,11 @@ def peak_rss_gib() -> float:
 
 
 def measure(model: str, mode: str, resolution: int, steps: int, device: str, rank: int = 16) -> dict:
-    from sfd.config import preset
-    from sfd.denoisers import Denoiser
-    from sfd.generators import OneStepConvention
-    from sfd.roles import FullRoles, LoraRoles
-    from sfd.trainer import SFDTrainer
+    from sfd.core.config import preset
+    from sfd.kernel.denoisers import Denoiser
+    from sfd.kernel.generators import OneStepConvention
+    from sfd.core.roles import FullRoles, LoraRoles
+    from sfd.core.trainer import SFDTrainer
 
     cuda = device.startswith("cuda")
     latent = resolution // 8
@@ -161,9 +161,9 @@ def measure(model: str, mode: str, resolution: int, steps: int, device: str, ran
     unet = build_network(model) if model in TRANSFORMERS else build_network(model, sample_size=latent)
     n_params = sum(p.numel() for p in unet.parameters())
     if model in TRANSFORMERS:
-        from pipelines.flow import sd3_velocity
-        from sfd.denoisers import FlowDenoiser
-        from sfd.schedules import FlowSchedule
+        from sfd.pipelines.flow import sd3_velocity
+        from sfd.kernel.denoisers import FlowDenoiser
+        from sfd.kernel.schedules import FlowSchedule
 
         teacher = FlowDenoiser(unet, FlowSchedule(), sd3_velocity)
     else:
@@ -231,7 +231,7 @@ def write_sd15_pipeline(folder: str | Path, resolution: int, tiny: bool = False)
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sfd.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+    from sfd.core.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
     torch.manual_seed(0)
     model = "tiny" if tiny else "sd15"
@@ -261,11 +261,11 @@ def traced_cli(argv: list[str]) -> None:
     (loading + iterations: the kernel's high-water mark, VmHWM, read when training returns) and of the whole command
     (VmHWM at exit). The mark is not reset in between (/proc/self/clear_refs would also erase the earlier peak from
     what GNU time reports); a whole-command peak above the training one is what saving added."""
-    import sfd.erase
-    from sfd.cli import main as sfd_main
+    import sfd.core.erase
+    from sfd.commands.cli import main as sfd_main
 
     phases: dict = {}
-    run_training = sfd.erase.run_training
+    run_training = sfd.core.erase.run_training
 
     def marked(*args, **kwargs):
         result = run_training(*args, **kwargs)
@@ -273,7 +273,7 @@ def traced_cli(argv: list[str]) -> None:
         phases["rss_at_training_end_gib"] = _status_kib("VmRSS") * 1024 / GIB
         return result
 
-    sfd.erase.run_training = marked
+    sfd.core.erase.run_training = marked
     rc = sfd_main(argv)
     phases["peak_whole_command_gib"] = _status_kib("VmHWM") * 1024 / GIB
     print("PHASES " + json.dumps(phases), flush=True)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from evaluators.world_metrics import world_evaluator
-from sfd.config import preset
-from sfd.erase import default_base, run_sfd
-from sfd.families import family_for
-from sfd.models import checkpoints_dir
-from sfd.worlds import shapes
+from sfd.evaluators.world_metrics import world_evaluator
+from sfd.core.config import preset
+from sfd.core.erase import default_base, run_sfd
+from sfd.core.families import family_for
+from sfd.core.models import checkpoints_dir
+from sfd.core.worlds import shapes
 
 
 @torch.no_grad()

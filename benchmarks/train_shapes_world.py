@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from sfd.worlds import shapes  # noqa: E402
+from sfd.commands.worlds import shapes  # noqa: E402
 
 
 def summary(stats: dict) -> str:
@@ -58,7 +58,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.evaluate:
-        from evaluators.clip import ClipEvaluator
+        from sfd.evaluators.clip import ClipEvaluator
 
         world = Path(a.evaluate)
         pipe, clip = shapes.load_teacher(world / "teacher"), ClipEvaluator.from_pretrained(world / "clip")

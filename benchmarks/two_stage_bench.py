@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 from digits_bench import timed_teacher
-from evaluators.class_eval import evaluate_classes, sample_classes, score_samples
-from evaluators.classifier import ConvJudge
-from sfd.config import preset
-from sfd.erase import run_sfd
-from sfd.models import checkpoints_dir, load_class_pipeline
-from sfd.worlds import digits
+from sfd.evaluators.class_eval import evaluate_classes, sample_classes, score_samples
+from sfd.evaluators.classifier import ConvJudge
+from sfd.core.config import preset
+from sfd.core.erase import run_sfd
+from sfd.core.models import checkpoints_dir
+from sfd.core.families import load_class_pipeline
+from sfd.core.worlds import digits
 
 SAMPLING_SEED = 1  # evaluation noise, the same for the teacher and every model (as digits_bench)
 

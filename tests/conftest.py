@@ -28,8 +28,8 @@ def tiny_teacher_dir(tmp_path):
     """A tiny random class-conditional teacher saved as a ClassConditionalPipeline folder."""
     from diffusers import HeunDiscreteScheduler
 
-    from pipelines import ClassConditionalPipeline
-    from sfd.worlds.digits import teacher_scheduler_config
+    from sfd.pipelines import ClassConditionalPipeline
+    from sfd.core.worlds.digits import teacher_scheduler_config
 
     pipe = ClassConditionalPipeline(
         unet=tiny_class_unet(), scheduler=HeunDiscreteScheduler(**teacher_scheduler_config(), use_karras_sigmas=True),
@@ -45,7 +45,7 @@ def build_tiny_sd(prediction_type: str = "epsilon", seed: int = 0):
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from sfd.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+    from sfd.core.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -78,7 +78,7 @@ def build_tiny_sdxl(seed: int = 0):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sfd.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+    from sfd.core.worlds.tokenizer import VOCAB_SIZE, build_clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -112,7 +112,7 @@ def tiny_sdxl_dir(tmp_path_factory):
 def _tiny_text_config(**kw):
     from transformers import CLIPTextConfig
 
-    from sfd.worlds.tokenizer import VOCAB_SIZE
+    from sfd.core.worlds.tokenizer import VOCAB_SIZE
 
     return CLIPTextConfig(**{**dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                     num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
@@ -122,7 +122,7 @@ def _tiny_text_config(**kw):
 def _tiny_t5(d_model: int, seed: int):
     from transformers import T5Config, T5EncoderModel
 
-    from sfd.worlds.tokenizer import VOCAB_SIZE
+    from sfd.core.worlds.tokenizer import VOCAB_SIZE
 
     torch.manual_seed(seed)
     return T5EncoderModel(T5Config(vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
@@ -144,7 +144,7 @@ def build_tiny_sd3(seed: int = 0):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from sfd.worlds.tokenizer import build_clip_tokenizer
+    from sfd.core.worlds.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
@@ -166,7 +166,7 @@ def build_tiny_flux(seed: int = 0, guidance_embeds: bool = True):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from sfd.worlds.tokenizer import build_clip_tokenizer
+    from sfd.core.worlds.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators import audit as audit_mod
-from evaluators.attack import AttackSettings, gradient_search, run_attack, synonyms_for
-from evaluators.audit import AuditSettings, difference_interval, load_model, mcnemar_exact, run_audit, wilson_interval
-from evaluators.detectors import ClassifierDetector, ClipDetector, DetectorFactory, feature_extractor, fid_kid, parse_spec
-from evaluators.prompt_sets import PromptItem, image_seed, load_prompt_set
-from sfd.errors import SFDError
+from sfd.evaluators import audit as audit_mod
+from sfd.evaluators.attack import AttackSettings, gradient_search, run_attack, synonyms_for
+from sfd.evaluators.audit import AuditSettings, difference_interval, load_model, mcnemar_exact, run_audit, wilson_interval
+from sfd.evaluators.detectors import ClassifierDetector, ClipDetector, DetectorFactory, feature_extractor, fid_kid, parse_spec
+from sfd.evaluators.prompt_sets import PromptItem, image_seed, load_prompt_set
+from sfd.kernel.errors import SFDError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -39,9 +39,9 @@ def one_thread():
 def world(tmp_path_factory):
     """Tiny SD teacher + one-step generator + tiny CLIP + a briefly trained digits judge, saved as folders."""
     from conftest import build_tiny_sd
-    from evaluators.clip import ClipEvaluator
-    from pipelines import OneStepTextPipeline
-    from sfd.worlds import digits, shapes
+    from sfd.evaluators.clip import ClipEvaluator
+    from sfd.pipelines import OneStepTextPipeline
+    from sfd.commands.worlds import digits, shapes
 
     root = tmp_path_factory.mktemp("audit_world")
     sd = build_tiny_sd()
@@ -175,7 +175,7 @@ def test_clip_detector_defaults_thresholds_and_settings(world):
 
 
 def test_classifier_detector_on_digits(world):
-    from sfd.worlds.digits import load_digits_tensors
+    from sfd.core.worlds.digits import load_digits_tensors
 
     x, y = load_digits_tensors()
     images = (x[:300] + 1) / 2  # audits hand detectors images in [0, 1]
@@ -198,7 +198,7 @@ def test_classifier_detector_on_digits(world):
 
 @pytest.mark.skipif(not (BUNDLED / "digits" / "judge").is_dir(), reason="bundled digits judge not built")
 def test_bundled_digits_judge_as_detector():
-    from sfd.worlds.digits import load_digits_tensors
+    from sfd.core.worlds.digits import load_digits_tensors
 
     x, y = load_digits_tensors()
     det = DetectorFactory().build(f"classifier:{BUNDLED / 'digits' / 'judge'}=1")
@@ -207,7 +207,7 @@ def test_bundled_digits_judge_as_detector():
 
 
 def test_nudenet_logic_with_a_stub_detector():
-    from evaluators.nudenet import NudeNetDetector, parse_classes
+    from sfd.evaluators.nudenet import NudeNetDetector, parse_classes
 
     class Stub:
         def detect_batch(self, arrays, batch_size=4):
@@ -242,7 +242,7 @@ def test_nudenet_runs_offline_on_a_synthetic_image():
 
 
 def test_importing_sfd_and_the_audit_does_not_import_nudenet_or_gradio():
-    code = ("import sys, sfd, sfd.cli, sfd.cli_audit, evaluators.audit, evaluators.detectors, evaluators.report, evaluators.attack; "
+    code = ("import sys, sfd, sfd.commands.cli, sfd.commands.cli_audit, sfd.evaluators.audit, sfd.evaluators.detectors, sfd.evaluators.report, sfd.evaluators.attack; "
             "bad = [m for m in ('nudenet', 'onnxruntime', 'gradio', 'playwright') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
@@ -357,7 +357,7 @@ def test_audit_resumes_after_interruption_and_matches_an_uninterrupted_run(world
 def test_model_identity_survives_a_copy_but_not_new_weights(world, tmp_path):
     import shutil
 
-    from evaluators.audit import model_identity
+    from sfd.evaluators.audit import model_identity
 
     shutil.copytree(world["erased"], tmp_path / "copy")
     assert model_identity(str(tmp_path / "copy")) == model_identity(str(world["erased"])) != {}
@@ -369,7 +369,7 @@ def test_model_identity_survives_a_copy_but_not_new_weights(world, tmp_path):
 
 
 def test_audit_of_a_class_conditional_model_with_a_judge(world, tiny_teacher_dir, tmp_path):
-    from evaluators.classifier import ConvJudge, JudgeConfig
+    from sfd.evaluators.classifier import ConvJudge, JudgeConfig
 
     torch.manual_seed(0)
     ConvJudge(JudgeConfig(num_classes=4, class_names=("zero", "one", "two", "three"))).save_pretrained(tmp_path / "judge4")
@@ -387,7 +387,7 @@ def test_audit_of_a_class_conditional_model_with_a_judge(world, tiny_teacher_dir
 # ------------------------------------------------------------------------------------------------ CLI
 
 def run_audit_cli(capsys, *argv):
-    from sfd.cli_audit import main
+    from sfd.commands.cli_audit import main
 
     try:
         code = main(list(argv))
@@ -464,7 +464,7 @@ def test_cli_model_with_missing_weights_is_a_one_line_error(world, tmp_path, cap
 
 
 def test_default_clip_model_is_the_shapes_world_one(tmp_path):
-    from evaluators.clip import DEFAULT_PATH
+    from sfd.evaluators.clip import DEFAULT_PATH
 
     if (DEFAULT_PATH / "open_clip_config.json").is_file():
         assert DetectorFactory().build("clip:red").settings["model"]["path"] == str(DEFAULT_PATH.resolve())
@@ -474,15 +474,15 @@ def test_default_clip_model_is_the_shapes_world_one(tmp_path):
 
 
 def _main_has_audit() -> bool:
-    from sfd.cli import build_parser
+    from sfd.commands.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     return "audit" in sub.choices
 
 
-@pytest.mark.skipif(not _main_has_audit(), reason="`audit` is not wired into sfd.cli yet")
+@pytest.mark.skipif(not _main_has_audit(), reason="`audit` is not wired into sfd.commands.cli yet")
 def test_sfd_main_audit(world, tmp_path, capsys):
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     code = main(["audit", "--model", str(world["erased"]), "--prompts", str(world["prompts"]), "--detector", clip_spec(world),
                  "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"])
@@ -540,7 +540,7 @@ def test_attack_reports_asr_next_to_the_plain_rate(world, tmp_path):
 
 
 def test_cli_attack_on_teacher_and_erased_model(world, tmp_path, capsys):
-    from sfd.cli_audit import main
+    from sfd.commands.cli_audit import main
 
     code = main(["attack", "--model", str(world["teacher"]), "--model", str(world["erased"]), "--concept", "red",
                  "--detector", clip_spec(world), "--n-seeds", "1", "--max-prompts", "1", "--attack-steps", "2", "--steps", "2",
@@ -659,10 +659,10 @@ class _StubNudeNet:
 
 
 def test_nudenet_presets_and_the_per_class_table_in_every_report(tmp_path):
-    from evaluators.audit import build_report
-    from evaluators.nudenet import ESD_CLASSES, EXPOSED, PRESETS, NudeNetDetector
-    from evaluators.prompt_sets import prompt_set_from_list
-    from evaluators.report import write_reports
+    from sfd.evaluators.audit import build_report
+    from sfd.evaluators.nudenet import ESD_CLASSES, EXPOSED, PRESETS, NudeNetDetector
+    from sfd.evaluators.prompt_sets import prompt_set_from_list
+    from sfd.evaluators.report import write_reports
 
     esd = NudeNetDetector(**{k: PRESETS["esd"][k] for k in ("threshold", "classes", "count_threshold")}, preset="esd", detector=_StubNudeNet())
     udaa = NudeNetDetector(**{k: PRESETS["unlearndiffatk"][k] for k in ("threshold", "classes", "count_threshold")}, preset="unlearndiffatk",
@@ -723,7 +723,7 @@ def test_nudenet_preset_specs():
 
 
 def test_html_grid_of_ten_thousand_images_is_sampled_with_flagged_rows_first():
-    from evaluators.report import sample_rows
+    from sfd.evaluators.report import sample_rows
 
     rows = [((i, 0), {"m": {"scores": {"d": {"flagged": i % 1000 == 7}}}}) for i in range(10_000)]
     shown = sample_rows(rows, ["d"], 500)

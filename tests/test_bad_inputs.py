@@ -137,7 +137,7 @@ def test_eval_json_in_a_missing_folder_is_refused_before_sampling(tiny_teacher_d
 def test_audit_never_writes_into_a_folder_it_did_not_make(tiny_teacher_dir, tmp_path, capsys, overwrite):
     import torch
 
-    from evaluators.classifier import ConvJudge, JudgeConfig
+    from sfd.evaluators.classifier import ConvJudge, JudgeConfig
 
     torch.manual_seed(0)
     ConvJudge(JudgeConfig(num_classes=4, class_names=("zero", "one", "two", "three"))).save_pretrained(tmp_path / "judge")
@@ -160,7 +160,7 @@ def test_audit_never_writes_into_a_folder_it_did_not_make(tiny_teacher_dir, tmp_
     (["--device", "tpu"], ["--device must be cpu, cuda, cuda:N or auto"]),
 ], ids=["port-negative", "port-too-large", "clip-missing", "device-unknown"])
 def test_demo_argument_errors(tmp_path, capsys, args, needles):
-    from sfd import cli_demo  # the same handler `sfd demo` runs (nothing is served: each check fails first)
+    from sfd.commands import cli_demo  # the same handler `sfd demo` runs (nothing is served: each check fails first)
 
     argv = [str(tmp_path / "nope") if a == "{missing}" else a for a in args]
     try:
@@ -210,7 +210,7 @@ def test_two_stage_and_lora_argument_errors(tiny_teacher_dir, tmp_path, capsys, 
     ("dog", ["'dog' is not a colour or shape", "none of the world's captions names it"]),
 ], ids=["caption", "two-words", "unknown-word"])
 def test_a_concept_the_world_does_not_know_is_refused_before_training(tmp_path, capsys, forget, needles):
-    from sfd.models import checkpoints_dir
+    from sfd.core.models import checkpoints_dir
 
     code, out, err = run_cli(capsys, "erase", "--model", str(checkpoints_dir() / "shapes" / "teacher"), "--forget", forget,
                              "--override", "blue", "--out", str(tmp_path / "o"), "--quiet")
@@ -266,7 +266,7 @@ def test_import_base_names_the_flags_it_was_given(tiny_sd_dir, tiny_sdxl_dir, tm
 
 
 def test_a_base_of_another_family_names_both_families(tiny_sd_dir, tmp_path, capsys):
-    from sfd.models import checkpoints_dir
+    from sfd.core.models import checkpoints_dir
 
     base = checkpoints_dir() / "digits" / "onestep"
     code, _, err = run_cli(capsys, "erase", "--model", str(tiny_sd_dir), "--generator", str(base), "--forget", "red", "--override",
@@ -282,7 +282,7 @@ def test_diffusers_empty_float32_list_warning_is_silenced(tiny_sd_dir, caplog):
 
     import torch
 
-    from sfd.families import load_model
+    from sfd.core.families import load_model
 
     _, pipe = load_model(str(tiny_sd_dir))
     pipe.unet._keep_in_fp32_modules = []  # the declared-but-empty list that makes diffusers warn
@@ -306,12 +306,12 @@ def test_a_failed_write_after_training_keeps_the_weights_in_a_recovery_file(tiny
 
     from safetensors import safe_open
 
-    import sfd.erase
+    import sfd.core.erase
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sfd.erase, "_write_notes", full_disk)
+    monkeypatch.setattr(sfd.core.erase, "_write_notes", full_disk)
     out = tmp_path / "erased"
     code, _, err = run_cli(capsys, "erase", "--single-stage", "--model", str(tiny_teacher_dir), "--forget", "1", "--steps", "1",
                            "--out", str(out), "--quiet")

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sfd.baselines.esd import esd_parameters
-from sfd.baselines.uce import UCEConfig, edit_weight
+from sfd.core.baselines.esd import esd_parameters
+from sfd.core.baselines.uce import UCEConfig, edit_weight
 from test_cli_class import assert_one_line_error, run_cli
 
 
@@ -24,8 +24,8 @@ def test_uce_closed_form_maps_forget_inputs_to_guide_outputs_and_keeps_preserved
 
 
 def test_esd_x_trains_cross_attention_and_esd_u_the_rest_as_the_official_noxattn(tiny_sd_dir):
-    from sfd.baselines.esd import ESD_U_SKIPPED
-    from sfd.families import load_model
+    from sfd.core.baselines.esd import ESD_U_SKIPPED
+    from sfd.core.families import load_model
 
     _, pipe = load_model(str(tiny_sd_dir))
     x = {id(p) for p in esd_parameters(pipe.unet, "x")}
@@ -38,7 +38,7 @@ def test_esd_x_trains_cross_attention_and_esd_u_the_rest_as_the_official_noxattn
 
 
 def test_esd_and_uce_outputs_reload_and_sample(tiny_sd_dir, tmp_path, capsys):
-    from sfd.families import load_model
+    from sfd.core.families import load_model
 
     before = load_model(str(tiny_sd_dir))[1].unet.state_dict()
     for method, extra in (("uce", []), ("esd-x", ["--steps", "2"]), ("esd-u", ["--steps", "2"])):
@@ -84,10 +84,10 @@ def test_each_esd_option_changes_the_edit_and_a_bad_value_is_one_line(tiny_sd_di
     """ESDConfig.prompts: "concept" trains on the concept text alone (the ESD scripts' --prompt), "captions" on the
     prompts naming it. ESDConfig.lr_schedule: "cosine" anneals the rate (the first step as "constant", the second at
     half the rate). Each pair gives different edits from the same seed, is recorded, and a bad value is one line."""
-    from sfd.baselines import run_baseline
-    from sfd.baselines.esd import ESDConfig
-    from sfd.errors import SFDError
-    from sfd.families import load_model
+    from sfd.core.baselines import run_baseline
+    from sfd.core.baselines.esd import ESDConfig
+    from sfd.kernel.errors import SFDError
+    from sfd.core.families import load_model
 
     weights = {}
     for value in values:
@@ -103,14 +103,14 @@ def test_each_esd_option_changes_the_edit_and_a_bad_value_is_one_line(tiny_sd_di
 
 
 def test_the_shapes_worlds_esd_u_preset_follows_the_kind_of_concept(tiny_sd_dir):
-    """On the shapes world ESD-u erases a colour with a harder push (eta) than a shape (sfd/config.py records why);
+    """On the shapes world ESD-u erases a colour with a harder push (eta) than a shape (sfd/core/config.py records why);
     a mix of kinds or a word outside the world takes the shape's preset, ESD-x has one preset, and a model that is
     not a world keeps the paper's settings."""
-    from sfd.baselines import default_settings
-    from sfd.baselines.esd import ESDConfig
-    from sfd.families import family_for
-    from sfd.models import checkpoints_dir
-    from sfd.worlds import concept_kind
+    from sfd.core.baselines import default_settings
+    from sfd.core.baselines.esd import ESDConfig
+    from sfd.core.families import family_for
+    from sfd.core.models import checkpoints_dir
+    from sfd.core.worlds import concept_kind
 
     teacher = str(checkpoints_dir() / "shapes" / "teacher")
     family = family_for(teacher)

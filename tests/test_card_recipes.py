@@ -41,8 +41,8 @@ def _save_teacher(family: str, path):
     if family == "class-unet":
         from diffusers import HeunDiscreteScheduler
 
-        from pipelines import ClassConditionalPipeline
-        from sfd.worlds.digits import teacher_scheduler_config
+        from sfd.pipelines import ClassConditionalPipeline
+        from sfd.core.worlds.digits import teacher_scheduler_config
 
         pipe = ClassConditionalPipeline(unet=tiny_class_unet(), class_names=["zero", "one", "two", "three"],
                                         scheduler=HeunDiscreteScheduler(**teacher_scheduler_config(), use_karras_sigmas=True))
@@ -56,7 +56,7 @@ def _save_teacher(family: str, path):
 @pytest.fixture(scope="module", params=["class-unet", "sd", "sdxl", "sd3", "flux"])
 def family_runs(request, tmp_path_factory):
     """(family, {run name: output folder}) after every run of RUNS on a tiny teacher of the family."""
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     family, root = request.param, tmp_path_factory.mktemp(request.param)
     _save_teacher(family, root / "teacher")
@@ -124,7 +124,7 @@ def test_every_card_block_reproduces_sfd_sample(family_runs, run, tmp_path, caps
     blocks = _code_blocks(card)
     lora = json.loads((folders[run] / "sfd_config.json").read_text())["roles"]["mode"] == "lora"
     assert len(blocks) == (2 if lora and family != "class-unet" else 1), card  # merged weights (+ the adapter)
-    from sfd.export.hub import read_front_matter
+    from sfd.core.export.hub import read_front_matter
 
     meta = read_front_matter(card)  # Hub metadata, and no path of this machine anywhere in the card
     assert meta["library_name"] == "diffusers" and meta["base_model"] and "/tmp/" not in card and str(folders[run].parent) not in card

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import OneStepClassPipeline
-from sfd.cli import main
+from sfd.pipelines import OneStepClassPipeline
+from sfd.commands.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -105,7 +105,7 @@ def test_eval_without_judge_says_what_to_pass(tiny_teacher_dir, capsys):
 
 
 def test_entry_point_error_has_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "sfd.cli", "erase", "--model", str(tmp_path / "x"), "--forget", "1",
+    r = subprocess.run([sys.executable, "-m", "sfd.commands.cli", "erase", "--model", str(tmp_path / "x"), "--forget", "1",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr

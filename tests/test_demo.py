@@ -18,7 +18,7 @@ import torch
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-from sfd.errors import SFDError  # noqa: E402
+from sfd.kernel.errors import SFDError  # noqa: E402
 
 CLASS_NAMES = ["zero", "one", "two", "three"]
 TEXT_ARGS = dict(negative_prompt="", class_name=None, seed=1, steps=2, guidance=4.0, nudenet=False, concepts="")
@@ -29,11 +29,11 @@ def build_demo_world(root: Path) -> dict:
     from conftest import build_tiny_sd, tiny_class_unet
     from diffusers import HeunDiscreteScheduler
 
-    from evaluators.classifier import ConvJudge, JudgeConfig
-    from evaluators.clip import ClipEvaluator
-    from pipelines import ClassConditionalPipeline, OneStepClassPipeline, OneStepTextPipeline
-    from sfd.worlds import shapes
-    from sfd.worlds.digits import teacher_scheduler_config
+    from sfd.evaluators.classifier import ConvJudge, JudgeConfig
+    from sfd.evaluators.clip import ClipEvaluator
+    from sfd.pipelines import ClassConditionalPipeline, OneStepClassPipeline, OneStepTextPipeline
+    from sfd.commands.worlds import shapes
+    from sfd.core.worlds.digits import teacher_scheduler_config
 
     models = root / "models"
     sd = build_tiny_sd()
@@ -76,7 +76,7 @@ def make_newest(newest: Path, *others: Path) -> None:
 
 
 def demo_config(world: dict, **kw):
-    from app.demo import DemoConfig
+    from sfd.app.demo import DemoConfig
 
     defaults = dict(roots=(str(world["models"]),), checkpoints=str(world["models"] / "checkpoints"), clip=str(world["clip"]),
                     judge=str(world["judge"]), work_dir=str(world["root"] / "work"), preload=False)
@@ -96,7 +96,7 @@ def served(world):
     """The demo served in-process on a free port; (app, gradio_client.Client)."""
     from gradio_client import Client
 
-    from app.demo import launch
+    from sfd.app.demo import launch
 
     demo, app, url = launch(demo_config(world), host="127.0.0.1", port=0, block=False, quiet=True)
     assert url.startswith("http://127.0.0.1:")
@@ -119,7 +119,7 @@ def generate(client, base, cmp, prompt="a red circle", **kw):
 # ------------------------------------------------------------------------------------------ no server
 
 def test_catalog_finds_models_default_pair_and_erase_hint(world):
-    from app import catalog
+    from sfd.app import catalog
 
     models, problems = catalog.scan([world["models"]], [str(world["root"] / "missing")])
     kinds = {Path(m.path).parts[-2:]: (m.kind, m.one_step, m.forget) for m in models}
@@ -152,8 +152,8 @@ def test_catalog_finds_models_default_pair_and_erase_hint(world):
 
 
 def test_demo_opens_on_the_newest_run_beside_its_own_teacher(world, tmp_path):
-    from app import catalog
-    from app.demo import BUNDLED, YOURS, DemoApp
+    from sfd.app import catalog
+    from sfd.app.demo import BUNDLED, YOURS, DemoApp
 
     ckpt = world["models"] / "checkpoints"
     models, _ = catalog.scan([world["models"]])
@@ -205,7 +205,7 @@ def _initial_inputs(app):
 def test_the_page_generates_both_sides_as_it_opens(world):
     from PIL import Image
 
-    from app.demo import GALLERY_SEEDS, DemoApp
+    from sfd.app.demo import GALLERY_SEEDS, DemoApp
 
     app = DemoApp(demo_config(world))
     demo, loads, inputs = _initial_inputs(app)
@@ -229,7 +229,7 @@ def test_the_page_generates_both_sides_as_it_opens(world):
 
 
 def test_the_first_look_reports_problems_as_a_status_message(world, tmp_path):
-    from app.demo import DemoApp
+    from sfd.app.demo import DemoApp
 
     broken = tmp_path / "runs" / "broken"
     shutil.copytree(world["erased"], broken)
@@ -250,7 +250,7 @@ def test_the_first_look_reports_problems_as_a_status_message(world, tmp_path):
 
 
 def test_input_checks_give_one_line_messages(world):
-    from app import runtime
+    from sfd.app import runtime
 
     ok = dict(base_path=str(world["teacher"]), compare_path=str(world["erased"]), prompt="a red circle", negative_prompt="",
               class_name=None, seed=0, steps=2, guidance=4.0)
@@ -274,7 +274,7 @@ def test_input_checks_give_one_line_messages(world):
 
 
 def test_model_cache_loads_once_and_evicts_least_recent(world):
-    from app import catalog, runtime
+    from sfd.app import catalog, runtime
 
     cache = runtime.ModelCache("cpu", max_models=2)
     t, e, d = (catalog.describe_model(world[k]) for k in ("teacher", "erased", "digits_teacher"))
@@ -290,8 +290,8 @@ def test_importing_sfd_and_the_cli_demo_module_does_not_import_gradio(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, sfd, sfd.cli, sfd.cli_demo, app, app.catalog, app.runtime, app.audit_tab; print('gradio' in sys.modules)\n"
-            "import app.demo; print('torch' in sys.modules)")  # the page is served before torch loads
+    code = ("import sys, sfd, sfd.commands.cli, sfd.commands.cli_demo, sfd.app, sfd.app.catalog, sfd.app.runtime, sfd.app.audit_tab; print('gradio' in sys.modules)\n"
+            "import sfd.app.demo; print('torch' in sys.modules)")  # the page is served before torch loads
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=120)
     assert out.returncode == 0, out.stderr
@@ -299,7 +299,7 @@ def test_importing_sfd_and_the_cli_demo_module_does_not_import_gradio(tmp_path):
 
 
 def test_cli_demo_parser_and_one_line_errors(world, capsys):
-    from sfd import cli, cli_demo
+    from sfd.commands import cli, cli_demo
 
     p = cli._Parser(prog="sfd")
     sub = p.add_subparsers(dest="command", required=True, parser_class=cli._Parser)
@@ -451,7 +451,7 @@ def test_refresh_finds_a_new_erased_model(world, served):
 
 
 def test_hint_names_the_erase_command_when_no_erased_model_exists(world, tmp_path):
-    from app.demo import DemoApp
+    from sfd.app.demo import DemoApp
 
     only = tmp_path / "only"
     shutil.copytree(world["teacher"], only / "shapes" / "teacher")

@@ -33,7 +33,7 @@ def test_demo_first_screen_shows_both_models_without_a_click(tmp_path):
     if chromium is None:
         pytest.skip("no Chromium found (apt-get install -y chromium, or set SFD_CHROMIUM)")
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    from app.demo import launch
+    from sfd.app.demo import launch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from sfd.denoisers import Denoiser, guided
-from sfd.schedules import DiscreteVPSchedule, betas_for, karras_sigmas
+from sfd.kernel.denoisers import Denoiser, guided
+from sfd.kernel.schedules import DiscreteVPSchedule, betas_for, karras_sigmas
 
 
 def linear_schedule():

@@ -65,7 +65,7 @@ def _diffusers_read(state: dict, pipe) -> dict:
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_every_single_file_key_maps_to_one_diffusers_weight_and_back(kind):
-    from sfd.export.single_file import from_single_file_state, to_single_file
+    from sfd.core.export.single_file import from_single_file_state, to_single_file
 
     family, build = BUILDERS[kind]
     pipe = build()
@@ -90,8 +90,8 @@ def test_every_single_file_key_maps_to_one_diffusers_weight_and_back(kind):
 
 def _one_step_folder(teacher, root: Path) -> tuple[Path, Path]:
     """(teacher folder, one-step folder): the teacher's own one-step denoise from sigma(625) as a SiD one-step model."""
-    from sfd.families import family_for
-    from sfd.generators import OneStepConvention
+    from sfd.core.families import family_for
+    from sfd.kernel.generators import OneStepConvention
 
     t_dir, o_dir = root / "teacher", root / "onestep"
     teacher.save_pretrained(t_dir, safe_serialization=True)
@@ -110,7 +110,7 @@ def sfd(*args) -> subprocess.CompletedProcess:
 
 def _sfd_sample(folder, n=8):
     """The images `sfd sample --seed 0 --n n` writes (its code path: family.sample with per-image seeds), in [0, 1]."""
-    from sfd.families import load_model
+    from sfd.core.families import load_model
 
     fam, pipe = load_model(str(folder))
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
@@ -192,9 +192,9 @@ def test_kohya_keys_carry_a_nonzero_adapter_exactly(tmp_path):
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
 
-    from sfd.adapters import lora_config
-    from sfd.export.lora import kohya_state
-    from sfd.families import family_named
+    from sfd.core.adapters import lora_config
+    from sfd.core.export.lora import kohya_state
+    from sfd.core.families import family_named
 
     pipe = build_tiny_sd()
     targets = family_named("sd").lora_targets()
@@ -275,7 +275,7 @@ def check_workflow(wf: dict) -> None:
 
 
 def test_workflows_are_valid_comfyui_api_prompts_with_the_one_step_settings():
-    from sfd.export.samplers import Recipe, a1111_note, comfy_workflow
+    from sfd.core.export.samplers import Recipe, a1111_note, comfy_workflow
 
     one = Recipe(True, 2.501704454, 625, 1, 1.0, "epsilon", 64, PROMPT)
     cases = [({"checkpoint": "m.safetensors"}, one), ({"checkpoint": "t.safetensors", "unet": "u.safetensors"}, one),
@@ -323,7 +323,7 @@ ABSOLUTE = re.compile(r"(?<![\w:/.~-])/(?:home|tmp|work|root|usr|var|Users|mnt)/
 def check_card(text: str, relation: str) -> dict:
     import yaml
 
-    from sfd.export.hub import read_front_matter
+    from sfd.core.export.hub import read_front_matter
 
     meta = read_front_matter(text)
     assert yaml.safe_load(text.split("---\n")[1]) == meta

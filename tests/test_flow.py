@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import build_tiny_flux, build_tiny_sd3
-from sfd.denoisers import FlowDenoiser, guided
-from sfd.schedules import FlowSchedule
+from sfd.kernel.denoisers import FlowDenoiser, guided
+from sfd.kernel.schedules import FlowSchedule
 from test_cli_class import run_cli
 
 PROMPTS = ["a red circle", "a dog"]
@@ -92,7 +92,7 @@ def test_guidance_on_x0_equals_guidance_on_v():
 
 
 def test_flux_guidance_is_an_input_of_the_network_not_a_second_branch():
-    from sfd.families import family_named
+    from sfd.core.families import family_named
 
     pipe = build_tiny_flux(guidance_embeds=True)
     pipe.default_sample_size = 8
@@ -116,7 +116,7 @@ def flow_world(request, tmp_path_factory):
     pipe = build_tiny_sd3() if request.param == "sd3" else build_tiny_flux()
     pipe.save_pretrained(root / "teacher")
     (root / "teacher" / "sfd_world.json").write_text(json.dumps({"image_size": 16}))  # FLUX's latent size
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     assert main(["distill", "--model", str(root / "teacher"), "--out", str(root / "base"), "--steps", "1", "--batch", "16",
                  "--quiet"]) == 0
@@ -124,7 +124,7 @@ def flow_world(request, tmp_path_factory):
 
 
 def _images(path, seeds=(1, 2)):
-    from sfd.families import load_model
+    from sfd.core.families import load_model
 
     _, pipe = load_model(str(path))
     return pipe(PROMPTS, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pt").images
@@ -155,7 +155,7 @@ def test_distill_erase_reload_sample(flow_world, tmp_path, capsys):
 def test_stock_pipeline_recipe_reproduces_the_one_step_images(flow_world):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 
-    from sfd.families import load_model
+    from sfd.core.families import load_model
 
     family, root = flow_world
     _, one = load_model(str(root / "base"))

@@ -38,11 +38,11 @@ def inputs(tmp_path_factory):
     from diffusers import HeunDiscreteScheduler
 
     from conftest import tiny_class_unet
-    from evaluators.classifier import ConvJudge, JudgeConfig
-    from pipelines import ClassConditionalPipeline
-    from sfd.cli import main
-    from sfd.models import checkpoints_dir
-    from sfd.worlds.digits import teacher_scheduler_config
+    from sfd.evaluators.classifier import ConvJudge, JudgeConfig
+    from sfd.pipelines import ClassConditionalPipeline
+    from sfd.commands.cli import main
+    from sfd.core.models import checkpoints_dir
+    from sfd.core.worlds.digits import teacher_scheduler_config
 
     root = tmp_path_factory.mktemp("inputs")
     ClassConditionalPipeline(unet=tiny_class_unet(), class_names=["zero", "one", "two", "three"],
@@ -107,7 +107,7 @@ def test_out_onto_an_input_is_refused_and_inputs_are_unchanged(inputs, case, how
 def test_the_bundled_shapes_base_copied_with_cp_r_names_its_broken_link(tmp_path, capsys):
     """The bundled shapes base shares its teacher's components through relative links; a `cp -r` copy (links kept as
     links) cannot find them, and the error says which link and how to copy instead."""
-    from sfd.models import checkpoints_dir
+    from sfd.core.models import checkpoints_dir
 
     shutil.copytree(checkpoints_dir() / "shapes" / "onestep", tmp_path / "copy", symlinks=True)
     code, _, err = run_cli(capsys, "sample", "--model", str(tmp_path / "copy"), "--prompt", "a red circle", "--out",

@@ -11,16 +11,16 @@ import pytest
 import torch
 
 from conftest import build_tiny_sd, tiny_class_unet, free_port
-from sfd import adapters
-from sfd.concepts import ClassForgetSpec
-from sfd.config import SFDConfig, preset
-from sfd.denoisers import Denoiser
-from sfd.errors import SFDError
-from sfd.generators import OneStepConvention
-from sfd.losses import Cond, fake_score_loss, generate, generator_loss
-from sfd.roles import FAKE_ADAPTER, GENERATOR_ADAPTER, LoraRoles
-from sfd.schedules import DiscreteVPSchedule, betas_for
-from sfd.trainer import SFDTrainer
+from sfd.core import adapters
+from sfd.core.concepts import ClassForgetSpec
+from sfd.core.config import SFDConfig, preset
+from sfd.kernel.denoisers import Denoiser
+from sfd.kernel.errors import SFDError
+from sfd.kernel.generators import OneStepConvention
+from sfd.core.losses import Cond, fake_score_loss, generate, generator_loss
+from sfd.core.roles import FAKE_ADAPTER, GENERATOR_ADAPTER, LoraRoles
+from sfd.kernel.schedules import DiscreteVPSchedule, betas_for
+from sfd.core.trainer import SFDTrainer
 from test_cli_class import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_each_adapter_gets_the_gradient_of_its_own_loss_only():
     ref_switch.activate(GENERATOR_ADAPTER)
     ref_switch.set_trainable(GENERATOR_ADAPTER, True)
     ref_switch.set_trainable(FAKE_ADAPTER, False)
-    from sfd.generators import OneStepGenerator
+    from sfd.kernel.generators import OneStepGenerator
 
     ref_gen = OneStepGenerator(Denoiser(ref_gen_unet, teacher.schedule), OneStepConvention(625))
     tc, fc, z, sigma, noise = batch
@@ -213,7 +213,7 @@ def test_ema_averages_the_adapter_and_the_export_merges_it():
 @pytest.fixture(scope="module")
 def lora_sd(tmp_path_factory, tiny_sd_dir):
     """A LoRA erase with learning rates large enough to move a fresh (zero) adapter visibly in 3 steps."""
-    from sfd.erase import run_sfd
+    from sfd.core.erase import run_sfd
 
     out = tmp_path_factory.mktemp("lora") / "erased"
     cfg = preset("sd").replace(steps=3, lora=True, lora_rank=4, lr_generator=1e-2, lr_fake=1e-2)
@@ -246,7 +246,7 @@ def _stock(pipe_dir, sigma, prompts, seeds, lora=None):
 
 
 def test_merged_folder_adapter_and_stock_recipe_give_the_same_images(lora_sd, tiny_sd_dir):
-    from pipelines import OneStepTextPipeline
+    from sfd.pipelines import OneStepTextPipeline
 
     prompts = ["a red circle", "a blue square", "a cat", "a green cross"] * 4
     seeds = list(range(16))

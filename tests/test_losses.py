@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import tiny_class_unet
-from sfd.concepts import ClassForgetSpec
-from sfd.config import SFDConfig
-from sfd.denoisers import Denoiser
-from sfd.errors import SFDError
-from sfd.losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
-from sfd.schedules import DiscreteVPSchedule, betas_for
-from sfd.trainer import SFDTrainer
+from sfd.core.concepts import ClassForgetSpec
+from sfd.core.config import SFDConfig
+from sfd.kernel.denoisers import Denoiser
+from sfd.kernel.errors import SFDError
+from sfd.core.losses import Cond, fake_score_loss, generate, generator_loss, nearest_class
+from sfd.kernel.schedules import DiscreteVPSchedule, betas_for
+from sfd.core.trainer import SFDTrainer
 
 NAMES = ("zero", "one", "two", "three")
 

@@ -1,7 +1,7 @@
 """Defaults that fit the machine: micro-batches chosen from the memory available, out-of-memory as one line, --resolution.
 
 The stage-1 presets keep SiD's global batches (512 rows for SD/SDXL, 256 for SD3/FLUX); `sfd distill` and `sfd erase`
-choose how many micro-batches that batch is accumulated over (sfd/memory.py) and say so in one line.
+choose how many micro-batches that batch is accumulated over (sfd/kernel/memory.py) and say so in one line.
 """
 
 import json
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sfd import memory
-from sfd.cli import main
+from sfd.kernel import memory
+from sfd.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "checkpoints" / "digits" / "teacher")
@@ -49,8 +49,8 @@ def test_trial_micro_batch_has_a_few_rows_when_the_batch_allows():
 
 
 def test_config_rejects_a_count_that_does_not_divide_the_batches():
-    from sfd.config import SFDConfig
-    from sfd.errors import SFDError
+    from sfd.core.config import SFDConfig
+    from sfd.kernel.errors import SFDError
 
     with pytest.raises(SFDError, match=r"batch_forget=6 is not divisible by --micro-batches 4; .*\(1, 2\)"):
         SFDConfig(batch_retain=8, batch_forget=6, micro_batches=4).validate()
@@ -88,7 +88,7 @@ def test_explicit_count_is_kept_and_said(tmp_path, capsys):
 
 
 def test_out_of_memory_in_a_step_is_one_line_naming_micro_batches_and_keeps_the_state(tmp_path, capsys, monkeypatch):
-    from sfd.trainer import SFDTrainer
+    from sfd.core.trainer import SFDTrainer
 
     real = SFDTrainer.generator_step
 
@@ -107,14 +107,14 @@ def test_out_of_memory_in_a_step_is_one_line_naming_micro_batches_and_keeps_the_
     assert "out of memory at step 2 with --micro-batches 2" in err and "pass a larger --micro-batches (4, 8" in err, err
     assert f"last good state: {out / 'training_state.safetensors'}" in err, err
     assert (out / "training_state.safetensors").is_file()
-    from sfd.trainer import read_state
+    from sfd.core.trainer import read_state
 
     assert read_state(out / "training_state.safetensors")[1]["step"] == 1
 
 
 def test_resume_may_change_micro_batches(tmp_path, capsys, monkeypatch):
     """The count splits the same batch differently (the same maths): a resume may change it, as --steps."""
-    from sfd.trainer import SFDTrainer
+    from sfd.core.trainer import SFDTrainer
 
     real = SFDTrainer.step
 
@@ -153,7 +153,7 @@ def test_tiny_sdxl_distill_with_the_defaults_chooses_micro_batches_and_fits(tiny
 
 
 def test_resolution_sets_the_trained_latent_size_and_the_folder_samples_at_it(tiny_sdxl_dir, tmp_path):
-    from sfd.families import family_for
+    from sfd.core.families import family_for
 
     out = tmp_path / "base"
     rc, stdout, err, _ = _sfd(["distill", "--model", str(tiny_sdxl_dir), "--steps", "1", "--resolution", "8",

@@ -5,8 +5,8 @@ import torch
 from diffusers import HeunDiscreteScheduler
 
 from conftest import tiny_class_unet
-from pipelines import ClassConditionalPipeline, OneStepClassPipeline
-from sfd.worlds.digits import teacher_scheduler_config
+from sfd.pipelines import ClassConditionalPipeline, OneStepClassPipeline
+from sfd.core.worlds.digits import teacher_scheduler_config
 
 NAMES = ["a", "b", "c"]
 

@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import tiny_class_unet, free_port
-from sfd.concepts import ClassForgetSpec
-from sfd.config import PRESETS, SFDConfig
-from sfd.denoisers import Denoiser
-from sfd.errors import DivergenceError
-from sfd.schedules import DiscreteVPSchedule, betas_for
-from sfd.trainer import SFDTrainer
+from sfd.core.concepts import ClassForgetSpec
+from sfd.core.config import PRESETS, SFDConfig
+from sfd.kernel.denoisers import Denoiser
+from sfd.kernel.errors import DivergenceError
+from sfd.kernel.schedules import DiscreteVPSchedule, betas_for
+from sfd.core.trainer import SFDTrainer
 from test_cli_class import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +61,8 @@ def reference(tmp_path_factory, request):
 def module_teacher(tmp_path_factory):
     from diffusers import HeunDiscreteScheduler
 
-    from pipelines import ClassConditionalPipeline
-    from sfd.worlds.digits import teacher_scheduler_config
+    from sfd.pipelines import ClassConditionalPipeline
+    from sfd.core.worlds.digits import teacher_scheduler_config
 
     path = tmp_path_factory.mktemp("teacher") / "teacher"
     ClassConditionalPipeline(unet=tiny_class_unet(5), scheduler=HeunDiscreteScheduler(**teacher_scheduler_config()),
@@ -112,7 +112,7 @@ def test_ctrl_c_saves_state_and_exits_cleanly(module_teacher, reference, tmp_pat
 
 
 def test_divergence_stops_with_clear_message_and_keeps_last_good_state(module_teacher, tmp_path, capsys):
-    from sfd.erase import run_sfd
+    from sfd.core.erase import run_sfd
 
     cfg = SFDConfig(steps=6, batch_retain=4, batch_forget=4, lr_generator=1e38, lr_fake=1e38)
     with pytest.raises(DivergenceError, match="last good state|no state was saved") as e:
@@ -149,16 +149,16 @@ def test_resume_errors(module_teacher, tmp_path, capsys):
 
 
 def test_resume_with_other_settings_is_refused(module_teacher, tmp_path, capsys):
-    from sfd.config import PRESETS
-    from sfd.models import load_class_pipeline
-    from sfd.trainer import save_state_atomic
+    from sfd.core.config import PRESETS
+    from sfd.core.families import load_class_pipeline
+    from sfd.core.trainer import save_state_atomic
 
     pipe = load_class_pipeline(module_teacher)
     spec = ClassForgetSpec.parse(pipe.config.class_names, ["1"], "random", null_class=pipe.null_class)
     partial = tmp_path / "partial"
     partial.mkdir()
     tr = SFDTrainer(pipe.denoiser, spec, PRESETS["class"].resolved(2.0))
-    from sfd.erase import run_identity
+    from sfd.core.erase import run_identity
 
     identity = run_identity(str(module_teacher), spec.describe())
     save_state_atomic(tr, partial / "training_state.safetensors", {"identity": identity})

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluators.audit import rate_summary, save_png
-from evaluators.report import write_reports
+from sfd.evaluators.audit import rate_summary, save_png
+from sfd.evaluators.report import write_reports
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]

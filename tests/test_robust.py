@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import free_port
-from sfd.config import PRESETS
+from sfd.core.config import PRESETS
 from test_cli_class import assert_one_line_error, run_cli
 from test_reliability import env, state_step, wait_for_state, weights
 
@@ -17,10 +17,10 @@ STEPS = 6
 
 def text_trainer(tiny_sd_dir, lora: bool = False, **robust):
     """A trainer on the tiny SD teacher with robust rows (FullRoles or LoraRoles), and its family."""
-    from sfd.erase import build_roles
-    from sfd.families import family_for
-    from sfd.robust import build_adversary
-    from sfd.trainer import SFDTrainer
+    from sfd.core.erase import build_roles
+    from sfd.core.families import family_for
+    from sfd.core.robust import build_adversary
+    from sfd.core.trainer import SFDTrainer
 
     family = family_for(str(tiny_sd_dir))
     pipe = family.load(str(tiny_sd_dir), "cpu")
@@ -85,7 +85,7 @@ def test_robust_training_is_deterministic_and_its_state_resumes(tiny_sd_dir, lor
         return tr.state()[0]
 
     a, b, c = run(False), run(False), run(True)
-    assert a.keys() == b.keys() == c.keys() and {"adversary.conditioning.delta.encoder_hidden_states", "adversary.token.soft"} <= set(a)
+    assert a.keys() == b.keys() == c.keys() and {"adversary.conditioning.delta.encoder_hidden_states", "adversary.token.soft.text_encoder"} <= set(a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
         assert torch.allclose(a[k].float(), c[k].float(), atol=1e-6), k
@@ -160,7 +160,7 @@ def test_robust_on_a_class_model_is_one_line(tiny_teacher_dir, tmp_path, capsys)
     ("robust_tokens", 40, "robust_tokens must be in 1..16"),
 ])
 def test_bad_robust_settings_give_one_clear_line(field, value, needle):
-    from sfd.errors import SFDError
+    from sfd.kernel.errors import SFDError
 
     PRESETS["shapes"].replace(**{field: value}).validate()  # ignored without --robust
     with pytest.raises(SFDError, match=None) as e:

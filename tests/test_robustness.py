@@ -1,17 +1,18 @@
-"""Attacks with a held-out judge (evaluators.robustness): each attack raises the concept on a never-erased model,
+"""Attacks with a held-out judge (sfd.evaluators.robustness): each attack raises the concept on a never-erased model,
 the held-out judges are accurate, ASR is counted pre + post over ideal pairs, bad settings give one line."""
 
 import pytest
 import torch
 
-from evaluators.audit import load_model
-from evaluators.detectors import DetectorFactory
-from evaluators.robustness import (ATTACK_COLUMNS, DEFAULT_ATTACKS, NO_PAIRS, NOT_RUN, TABLE_COLUMNS, RobustnessSettings, Victim,
-                                   _placeholder_prompts, asr_table, attack_victim, conditioning_attack, inversion_attack, noise_attack,
-                                   prefix_attack, reference_set, table_rows)
-from sfd.errors import SFDError
-from sfd.models import checkpoints_dir
-from sfd.worlds.shapes_judge import ATTRIBUTES, FOLDERS, heldout_accuracy, judge_spec
+from sfd.evaluators.audit import load_model
+from sfd.evaluators.detectors import DetectorFactory
+from sfd.core.attacks import (concept_vote_loss, conditioning_attack, inversion_attack, noise_attack, output_match_loss,
+                              soft_prompt_attack)
+from sfd.evaluators.robustness import (ATTACK_COLUMNS, DEFAULT_ATTACKS, NO_PAIRS, NOT_RUN, TABLE_COLUMNS, RobustnessSettings, Victim,
+                                       asr_table, attack_victim, budget, reference_set, table_rows)
+from sfd.kernel.errors import SFDError
+from sfd.core.models import checkpoints_dir
+from sfd.commands.worlds.shapes_judge import ATTRIBUTES, FOLDERS, heldout_accuracy, judge_spec
 
 PROMPTS = ["a blue circle", "a green square", "a yellow triangle", "a purple cross"]
 
@@ -34,7 +35,7 @@ def _red_prob(scorer, images):
 
 @pytest.mark.parametrize("attribute", list(ATTRIBUTES))
 def test_heldout_judges_are_accurate_on_fresh_renders(attribute):
-    from evaluators.classifier import ConvJudge
+    from sfd.evaluators.classifier import ConvJudge
 
     judge = ConvJudge.from_pretrained(checkpoints_dir() / "shapes" / FOLDERS[attribute])
     acc = heldout_accuracy(judge, attribute, n=600, seed=4242)  # a seed neither training nor the bundled record used
@@ -48,12 +49,11 @@ def test_prompt_and_noise_attacks_raise_the_concept_score(distilled, red_clip):
     cfg = RobustnessSettings("red", steps=8, soft_tokens=3)
     z = distilled.noise(range(len(PROMPTS)))
     with torch.no_grad():
-        plain = distilled.render(distilled.hidden(distilled.ids(PROMPTS)), z, full=True)
-    loss = lambda im: torch.nn.functional.cross_entropy(red_clip.logits(im), torch.zeros(len(im), dtype=torch.long), reduction="sum")  # noqa: E731
-    r = prefix_attack(distilled, PROMPTS, z, cfg, loss)
+        plain = distilled.render(distilled.encode(PROMPTS), z, full=True)
+    r = soft_prompt_attack(distilled, PROMPTS, z, budget(cfg), concept_vote_loss(red_clip))
     assert _red_prob(red_clip, r["soft"]) > _red_prob(red_clip, plain) + 0.05
     assert len(r["hard_prompts"]) == len(PROMPTS) and all(h.endswith(p) for h, p in zip(r["hard_prompts"], PROMPTS))
-    noisy = noise_attack(distilled, PROMPTS, z, cfg, red_clip)
+    noisy = noise_attack(distilled, PROMPTS, z, budget(cfg), concept_vote_loss(red_clip))
     assert _red_prob(red_clip, noisy) > _red_prob(red_clip, plain)
 
 
@@ -62,17 +62,17 @@ def test_match_and_inversion_attacks_move_towards_the_originals_images(distilled
     z = distilled.noise(range(len(PROMPTS)))
     red_prompts = [p.split(" ", 2)[0] + " red " + p.split(" ", 2)[2] for p in PROMPTS]
     with torch.no_grad():
-        target = distilled.render(distilled.hidden(distilled.ids(red_prompts)), z, full=True)
-        plain = distilled.render(distilled.hidden(distilled.ids(PROMPTS)), z, full=True)
-    r = prefix_attack(distilled, PROMPTS, z, cfg, lambda im: torch.nn.functional.mse_loss(im, target, reduction="sum"))
+        target = distilled.render(distilled.encode(red_prompts), z, full=True)
+        plain = distilled.render(distilled.encode(PROMPTS), z, full=True)
+    r = soft_prompt_attack(distilled, PROMPTS, z, budget(cfg), output_match_loss(target))
     assert (r["soft"] - target).square().mean() < (plain - target).square().mean()
     refs = reference_set(distilled, "red", cfg)
     assert len(refs[0]) == 6 and all("red" in p for p in refs[0])
     tests = ["a red circle", "a red square"]
     tz = distilled.noise([91, 92])
     with torch.no_grad():
-        before = distilled.render(distilled.hidden(distilled.ids(_placeholder_prompts(tests, "red"))), tz, full=True)
-    after = inversion_attack(distilled, *refs, tests, tz, cfg)
+        before = distilled.render(distilled.encode(distilled.surface.with_placeholder(tests, "red")), tz, full=True)
+    after = inversion_attack(distilled, *refs, tests, tz, "red", budget(cfg))
     assert _red_prob(red_clip, after) > _red_prob(red_clip, before)
 
 
@@ -83,9 +83,9 @@ def test_conditioning_attack_matches_the_originals_images_and_is_opt_in(distille
     z = distilled.noise([s for _, s in pairs])
     red_prompts = [p.split(" ", 2)[0] + " red " + p.split(" ", 2)[2] for p in PROMPTS]
     with torch.no_grad():
-        target = distilled.render(distilled.hidden(distilled.ids(red_prompts)), z, full=True)
-        plain = distilled.render(distilled.hidden(distilled.ids(PROMPTS)), z, full=True)
-    images, moved = conditioning_attack(distilled, PROMPTS, z, cfg, lambda im: torch.nn.functional.mse_loss(im, target, reduction="sum"))
+        target = distilled.render(distilled.encode(red_prompts), z, full=True)
+        plain = distilled.render(distilled.encode(PROMPTS), z, full=True)
+    images, moved = conditioning_attack(distilled, PROMPTS, z, budget(cfg), output_match_loss(target))
     assert (images - target).square().mean() < 0.7 * (plain - target).square().mean() and moved > 0
     assert _red_prob(red_clip, images) > _red_prob(red_clip, plain) + 0.05
     out = attack_victim(distilled, pairs, target, None, red_clip, red_clip, cfg, log=lambda *_: None)
@@ -96,7 +96,7 @@ def test_conditioning_attack_matches_the_originals_images_and_is_opt_in(distille
 def test_multi_step_victims_are_attacked_through_a_short_sampler_and_judged_on_the_full_one():
     teacher = Victim(load_model(str(checkpoints_dir() / "shapes" / "teacher"), "original"), "original", steps=1)
     z = teacher.noise([0, 1])
-    h = teacher.hidden(teacher.ids(["a red circle", "a blue square"]))
+    h = teacher.encode(["a red circle", "a blue square"])
     with torch.no_grad():
         short, full = teacher.render(h, z), teacher.render(h, z, full=True)
     assert short.shape == full.shape and not torch.allclose(short, full, atol=1e-3)
@@ -141,7 +141,7 @@ def test_audit_writes_the_robustness_table_with_controls(tmp_path, capsys):
     control from its summary; the table's files, and a judge equal to the optimised scorer refused in one line."""
     import json
 
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     shapes_dir = checkpoints_dir() / "shapes"
     prompts = tmp_path / "prompts.txt"

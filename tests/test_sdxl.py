@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import build_tiny_sdxl
-from pipelines import OneStepTextXLPipeline
-from pipelines.text_to_image_xl import encode_prompts_xl
-from sfd.families import family_for
+from sfd.pipelines import OneStepTextXLPipeline
+from sfd.pipelines.text_to_image_xl import encode_prompts_xl
+from sfd.core.families import family_for
 from test_cli_class import assert_one_line_error, run_cli
 
 PROMPTS = ["a red circle", "a dog"]
@@ -36,7 +36,7 @@ def test_the_family_is_found_from_the_folder(tiny_sdxl_dir):
 
 @pytest.fixture(scope="module")
 def xl_base(tmp_path_factory, tiny_sdxl_dir):
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     out = tmp_path_factory.mktemp("xl") / "base"
     assert main(["distill", "--model", str(tiny_sdxl_dir), "--out", str(out), "--steps", "2", "--batch", "16", "--quiet"]) == 0
@@ -75,8 +75,8 @@ def test_sdxl_erase_without_a_base_is_refused_like_sd(tiny_sdxl_dir, tmp_path, c
 
 def test_pooled_embeddings_and_time_ids_reach_every_role(tiny_sdxl_dir):
     """Each UNet call of a training step carries the pooled embedding and the time ids of its own prompts."""
-    from sfd.config import preset
-    from sfd.trainer import SFDTrainer
+    from sfd.core.config import preset
+    from sfd.core.trainer import SFDTrainer
 
     family = family_for(str(tiny_sdxl_dir))
     pipe = family.load(str(tiny_sdxl_dir))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators.clip import ClipEvaluator
-from sfd.worlds import shapes
-from sfd.worlds.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
+from sfd.evaluators.clip import ClipEvaluator
+from sfd.commands.worlds import shapes
+from sfd.core.worlds.tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer
 
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
 SENTENCES = [
@@ -214,8 +214,8 @@ def test_sd3_world_teacher_trains_saves_and_samples_as_trained(tokenizer, tmp_pa
     prompts to the joint sequence it was trained on, and samples it as the stock pipeline does with that length."""
     from diffusers import StableDiffusion3Pipeline
 
-    from sfd.families import family_for
-    from sfd.worlds.tokenizer import build_clip_tokenizer
+    from sfd.core.families import family_for
+    from sfd.core.worlds.tokenizer import build_clip_tokenizer
 
     vae, _ = shapes.train_vae(shapes.VaeTrainConfig(steps=1, batch_size=2, block_out_channels=(8, 8, 8), stats_images=4), progress=False)
     parts = shapes.TEACHER_PARTS["sd3"]
@@ -240,7 +240,7 @@ def test_sd3_world_teacher_trains_saves_and_samples_as_trained(tokenizer, tmp_pa
 
 
 def test_sd_schedule_puts_sigma_2_5_at_t_625():
-    from sfd.schedules import DiscreteVPSchedule
+    from sfd.kernel.schedules import DiscreteVPSchedule
 
     assert float(DiscreteVPSchedule.from_scheduler_config(shapes.scheduler_config()).sigma_at(625)) == pytest.approx(2.5, abs=0.05)
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from conftest import build_tiny_sd
-from pipelines import OneStepTextPipeline
+from sfd.pipelines import OneStepTextPipeline
 
-from sfd.concepts import TextForgetSpec
-from sfd.errors import SFDError
-from sfd.models import check_weights_are_safe, load_text_pipeline
-from evaluators.prompt_sets import read_prompt_file
-from sfd.prompts import FORGET_TEMPLATES, forget_prompt_pairs, mentions, replace_concept
+from sfd.core.concepts import TextForgetSpec
+from sfd.kernel.errors import SFDError
+from sfd.core.models import check_weights_are_safe
+from sfd.core.families import load_text_pipeline
+from sfd.evaluators.prompt_sets import read_prompt_file
+from sfd.core.prompts import FORGET_TEMPLATES, forget_prompt_pairs, mentions, replace_concept
 from test_cli_class import assert_one_line_error, run_cli
 
 
@@ -119,11 +120,11 @@ def test_erase_text_smoke_saves_reloads_and_samples(tiny_sd_dir, tmp_path, capsy
 
 
 def test_generator_at_step_zero_equals_teacher_one_step_x0(tiny_sd_dir):
-    from pipelines.text_to_image import encode_prompts
-    from sfd.concepts import TextForgetSpec
-    from sfd.config import PRESETS
-    from sfd.denoisers import Denoiser
-    from sfd.trainer import SFDTrainer
+    from sfd.pipelines.text_to_image import encode_prompts
+    from sfd.core.concepts import TextForgetSpec
+    from sfd.core.config import PRESETS
+    from sfd.kernel.denoisers import Denoiser
+    from sfd.core.trainer import SFDTrainer
 
     pipe = load_text_pipeline(str(tiny_sd_dir))
     teacher = Denoiser.from_unet_and_scheduler_config(pipe.unet, pipe.scheduler.config)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import build_tiny_sd, tiny_class_unet
-from pipelines import OneStepClassPipeline, OneStepTextPipeline
-from sfd.generators import NAMED_CONVENTIONS, OneStepConvention
-from sfd.schedules import DiscreteVPSchedule, betas_for
+from sfd.pipelines import OneStepClassPipeline, OneStepTextPipeline
+from sfd.kernel.generators import NAMED_CONVENTIONS, OneStepConvention
+from sfd.kernel.schedules import DiscreteVPSchedule, betas_for
 from test_cli_class import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +36,14 @@ def class_base(tmp_path_factory):
     """A tiny class teacher and a 3-step distilled base of it."""
     from diffusers import HeunDiscreteScheduler
 
-    from pipelines import ClassConditionalPipeline
-    from sfd.worlds.digits import teacher_scheduler_config
+    from sfd.pipelines import ClassConditionalPipeline
+    from sfd.core.worlds.digits import teacher_scheduler_config
 
     root = tmp_path_factory.mktemp("two-stage-class")
     ClassConditionalPipeline(unet=tiny_class_unet(5), scheduler=HeunDiscreteScheduler(**teacher_scheduler_config()),
                              class_names=["zero", "one", "two", "three"], default_guidance_scale=2.0
                              ).save_pretrained(root / "teacher", safe_serialization=True)
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     assert main(["distill", "--model", str(root / "teacher"), "--out", str(root / "base"), "--steps", "3", "--quiet"]) == 0
     return root
@@ -52,7 +52,7 @@ def class_base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_base(tmp_path_factory, tiny_sd_dir):
     root = tmp_path_factory.mktemp("two-stage-text")
-    from sfd.cli import main
+    from sfd.commands.cli import main
 
     assert main(["distill", "--model", str(tiny_sd_dir), "--out", str(root / "base"), "--steps", "2", "--batch", "16", "--quiet"]) == 0
     return root
@@ -81,7 +81,7 @@ def test_distill_moves_the_generator_and_fake_score_from_the_teacher(class_base)
 
 
 def test_retain_only_batches_hold_every_class_and_no_forget_rows():
-    from sfd.concepts import ClassForgetSpec
+    from sfd.core.concepts import ClassForgetSpec
 
     spec = ClassForgetSpec.retain_all(["a", "b", "c"], null_class=3)
     b = spec.sample(300, 0, torch.Generator().manual_seed(0), "cpu")
@@ -226,7 +226,7 @@ def test_a_world_teacher_erases_from_its_own_base_and_says_so(class_base, tmp_pa
 
 
 def test_a_base_distilled_from_another_teacher_is_not_taken_as_default(class_base, tmp_path, capsys):
-    from sfd.erase import default_base
+    from sfd.core.erase import default_base
 
     world = tmp_path / "world"
     shutil.copytree(class_base / "teacher", world / "teacher")
@@ -239,8 +239,8 @@ def test_a_base_distilled_from_another_teacher_is_not_taken_as_default(class_bas
 
 
 def test_bundled_bases_fit_their_teachers():
-    from sfd.erase import default_base
-    from sfd.models import checkpoints_dir
+    from sfd.core.erase import default_base
+    from sfd.core.models import checkpoints_dir
 
     for world in ("digits", "shapes"):
         teacher = checkpoints_dir() / world / "teacher"
