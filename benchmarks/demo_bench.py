@@ -51,15 +51,8 @@ def free_port() -> int:
 
 
 def demo_command() -> list[str]:
-    """`python -m sfd demo` once the subcommand is wired into sfd/commands/cli.py, else `python -m sfd.commands.cli_demo demo`."""
-    import argparse as ap
-
-    from sfd.commands.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, ap._SubParsersAction) and "demo" in action.choices:
-            return [sys.executable, "-m", "sfd", "demo"]
-    return [sys.executable, "-m", "sfd.commands.cli_demo", "demo"]
+    """`python -m sfd demo`."""
+    return [sys.executable, "-m", "sfd", "demo"]
 
 
 def erased_stand_in(teacher: Path, out: Path) -> Path:

@@ -58,6 +58,14 @@ def float_arg(name: str, positive: bool = False):
     return parse
 
 
+def main_with(add_parsers, argv: list[str] | None = None) -> int:
+    """The `sfd` command line with only the subcommands `add_parsers(subparsers)` adds (`python -m` of one commands
+    module; `sfd` itself has every command)."""
+    parser = Parser(prog="sfd")
+    add_parsers(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    return run_command(parser, argv)
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse `argv` and run the chosen subcommand's `func`; user errors become one line on stderr and exit status 2,
     Ctrl-C 130 (after a training state was saved, the message says how to continue)."""

@@ -88,11 +88,9 @@ def add_parsers(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m sfd.commands.cli_demo`: the `sfd` command line with demo alone (`sfd` itself has every command)."""
-    from sfd.commands.cli_args import Parser, run_command
+    from sfd.commands.cli_args import main_with
 
-    parser = Parser(prog="sfd")
-    add_parsers(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    return run_command(parser, argv)
+    return main_with(add_parsers, argv)
 
 
 if __name__ == "__main__":

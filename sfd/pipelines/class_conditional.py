@@ -20,7 +20,11 @@ def _labels(class_labels, device) -> torch.Tensor:
 
 
 def _to_output(x: torch.Tensor, output_type: str):
-    images = (x.float() / 2 + 0.5).clamp(0, 1)
+    return to_output((x.float() / 2 + 0.5).clamp(0, 1), output_type)
+
+
+def to_output(images: torch.Tensor, output_type: str):
+    """Images in [0, 1] (NCHW) as the pipelines' output_type asks: "pt", "np" (NHWC) or "pil"."""
     if output_type == "pt":
         return images
     arr = images.permute(0, 2, 3, 1).cpu().numpy()

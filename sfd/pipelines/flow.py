@@ -9,15 +9,14 @@ they are what `sfd.kernel.denoisers.FlowDenoiser` evaluates.
 from __future__ import annotations
 
 import torch
-from diffusers import FluxPipeline, ImagePipelineOutput, StableDiffusion3Pipeline
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
 from sfd.kernel.denoisers import FlowDenoiser
 from sfd.kernel.generators import OneStepConvention
 from sfd.kernel.schedules import FlowSchedule
 
 from sfd.pipelines.class_conditional import OneStepCalls, register_convention
-from sfd.pipelines.text_to_image import MAX_PROMPT_CHARS, decode_latents, to_output
+from sfd.pipelines.text_to_image import one_step_images, prompt_list
 
 # A flow generator is called at t = 0.999 on pure noise: what the stock FlowMatchEulerDiscreteScheduler does in one
 # step from sigma 0.999 with shift 1 (SiD-DiT distils from --init_timestep 999).
@@ -62,27 +61,12 @@ class _OneStepFlow(OneStepCalls):
     def latent_shape(self) -> tuple[int, int, int]:
         raise NotImplementedError
 
-    def _check(self, prompts: list[str], generator) -> None:
-        if not prompts:
-            raise ValueError("prompt is empty")
-        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
-            raise ValueError(f"prompt longer than {MAX_PROMPT_CHARS} characters")
-        if isinstance(generator, list) and len(generator) != len(prompts):
-            raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
-
     @torch.no_grad()
     def one_step(self, prompt, num_images_per_prompt: int = 1, generator=None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", **ignored):
         """Generate images; sampler arguments of multi-step pipelines (steps, guidance, size) are accepted and ignored."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        self._check(prompts, generator)
-        device = self._execution_device
-        cond = self.encode_conditions(prompts, device)
-        if latents is None:
-            latents = randn_tensor((len(prompts), *self.latent_shape()), generator=generator, device=device, dtype=torch.float32)
-        x0 = self.generator(latents.to(device), cond)
-        return ImagePipelineOutput(images=to_output(decode_latents(self.vae, x0), output_type))
+        return one_step_images(self, prompt_list(prompt, num_images_per_prompt, generator), generator, latents, output_type,
+                               self.latent_shape())
 
 
 class OneStepSD3Pipeline(_OneStepFlow, StableDiffusion3Pipeline):

@@ -15,7 +15,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from sfd.kernel.denoisers import Denoiser
 
-from sfd.pipelines.class_conditional import OneStepCalls, register_convention
+from sfd.pipelines.class_conditional import OneStepCalls, register_convention, to_output  # noqa: F401 (to_output: imported from here)
 
 MAX_PROMPT_CHARS = 1000
 
@@ -36,15 +36,33 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-def to_output(images: torch.Tensor, output_type: str):
-    if output_type == "pt":
-        return images
-    arr = images.permute(0, 2, 3, 1).cpu().numpy()
-    if output_type == "np":
-        return arr
-    if output_type == "pil":
-        return DiffusionPipeline.numpy_to_pil(arr)
-    raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
+def prompt_list(prompt: str | list[str], num_images_per_prompt: int, generator) -> list[str]:
+    """The prompts of one call of a one-step text pipeline, each repeated num_images_per_prompt times; ValueError or
+    TypeError with the reason for an empty, non-string or too long prompt, or a generator list of the wrong length."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+    if not prompts:
+        raise ValueError("prompt is empty")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be strings, got {type(p).__name__}")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt longer than {MAX_PROMPT_CHARS} characters")
+    if isinstance(generator, list) and len(generator) != len(prompts):
+        raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
+    return prompts
+
+
+def one_step_images(pipe, prompts: list[str], generator, latents: torch.Tensor | None, output_type: str,
+                    latent_shape: tuple[int, ...]) -> ImagePipelineOutput:
+    """A one-step text pipeline's images: encode the prompts, draw the latents (unless given), one generator call,
+    decode."""
+    device = pipe._execution_device
+    cond = pipe.encode_conditions(prompts, device)
+    if latents is None:
+        latents = randn_tensor((len(prompts), *latent_shape), generator=generator, device=device, dtype=torch.float32)
+    x0 = pipe.generator(latents.to(device), cond)
+    return ImagePipelineOutput(images=to_output(decode_latents(pipe.vae, x0), output_type))
 
 
 class OneStepTextPipeline(OneStepCalls, DiffusionPipeline):
@@ -81,35 +99,9 @@ class OneStepTextPipeline(OneStepCalls, DiffusionPipeline):
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def check_inputs(self, prompts: list[str], generator) -> None:
-        if not prompts:
-            raise ValueError("prompt is empty")
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be strings, got {type(p).__name__}")
-            if len(p) > MAX_PROMPT_CHARS:
-                raise ValueError(f"prompt longer than {MAX_PROMPT_CHARS} characters")
-        if isinstance(generator, list) and len(generator) != len(prompts):
-            raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
-
     @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str],
-        num_images_per_prompt: int = 1,
-        generator=None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        **ignored,
-    ):
+    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, generator=None, latents: torch.Tensor | None = None,
+                 output_type: str = "pil", **ignored):
         """Generate images; sampler arguments of multi-step pipelines (steps, guidance) are accepted and ignored."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        self.check_inputs(prompts, generator)
-        device = self._execution_device
-        cond = self.encode_conditions(prompts, device)
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        if latents is None:
-            latents = randn_tensor((len(prompts), c, s, s), generator=generator, device=device, dtype=torch.float32)
-        x0 = self.generator(latents.to(device), cond)
-        return ImagePipelineOutput(images=to_output(decode_latents(self.vae, x0), output_type))
+        return one_step_images(self, prompt_list(prompt, num_images_per_prompt, generator), generator, latents, output_type, (c, s, s))

@@ -10,15 +10,14 @@ top-left, target size), passed as the UNet's `added_cond_kwargs`.
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sfd.kernel.denoisers import Denoiser
 
 from sfd.pipelines.class_conditional import OneStepCalls, register_convention
-from sfd.pipelines.text_to_image import MAX_PROMPT_CHARS, decode_latents, to_output
+from sfd.pipelines.text_to_image import one_step_images, prompt_list
 
 
 def encode_prompts_xl(tokenizers, text_encoders, prompts: list[str], size: tuple[int, int], zero_empty: bool = True,
@@ -96,18 +95,5 @@ class OneStepTextXLPipeline(OneStepCalls, DiffusionPipeline):
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, generator=None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", **ignored):
         """Generate images; sampler arguments of multi-step pipelines (steps, guidance, size) are accepted and ignored."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        if not prompts:
-            raise ValueError("prompt is empty")
-        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
-            raise ValueError(f"prompt longer than {MAX_PROMPT_CHARS} characters")
-        if isinstance(generator, list) and len(generator) != len(prompts):
-            raise ValueError(f"got {len(generator)} generators for {len(prompts)} images")
-        device = self._execution_device
-        cond = self.encode_conditions(prompts, device)
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        if latents is None:
-            latents = randn_tensor((len(prompts), c, s, s), generator=generator, device=device, dtype=torch.float32)
-        x0 = self.generator(latents.to(device), cond)
-        return ImagePipelineOutput(images=to_output(decode_latents(self.vae, x0), output_type))
+        return one_step_images(self, prompt_list(prompt, num_images_per_prompt, generator), generator, latents, output_type, (c, s, s))
