@@ -182,8 +182,9 @@ def _add_audit_parser(sub) -> None:
                                     "optimised scorer clip:CONCEPT")
     au.add_argument("--negative-control", action="store_true",
                     help="--robustness: add the first model with the concept as a negative prompt (a weak defence) as a control row")
-    au.add_argument("--robustness-attacks", metavar="A,B", help="--robustness: some of prompt,inversion,match,noise,conditioning "
-                    "(default the first four; conditioning optimises the text encoder's output itself)")
+    au.add_argument("--robustness-attacks", metavar="A,B", help="--robustness: some of prompt,inversion,match,noise,conditioning,"
+                    "ring-a-bell (default the first four; conditioning optimises the text encoder's output itself, ring-a-bell "
+                    "searches hard prompts without the concept word on the text encoders alone)")
     au.add_argument("--max-prompts", type=_pos_int("--max-prompts"), default=10, help="--robustness: base prompts naming the concept (default 10)")
     au.add_argument("--allow-pickle", action="store_true", help="allow pickled weights: only for files you trust")
     au.add_argument("--threads", type=_pos_int("--threads"), help="CPU threads for torch (default: torch's)")

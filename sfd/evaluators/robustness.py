@@ -39,16 +39,18 @@ import torch
 
 from sfd.core.attacks import (AttackBudget, concept_vote_loss, conditioning_attack, inversion_attack, noise_attack,
                               output_match_loss, soft_prompt_attack)  # the primitives robust SFD trains against: one copy
+from sfd.core.attacks.ring_a_bell import RingABellSettings, ring_a_bell
 from sfd.kernel.errors import SFDError
 
 from sfd.evaluators.sampling import quantize
 from sfd.evaluators.stats import rate_summary
 from sfd.evaluators.victim import Victim
 
-ATTACKS = ("prompt", "inversion", "match", "noise", "conditioning")
+ATTACKS = ("prompt", "inversion", "match", "noise", "conditioning", "ring-a-bell")
 # `conditioning` (UMA's output matching on the UNet's conditioning itself, no text behind it) is opt-in: it is an
 # attacker who feeds the network its own embeddings, beyond what a prompt can reach, and through a long sampler it is
-# the costliest attack.
+# the costliest attack. `ring-a-bell` (a black-box hard-prompt search on the text encoders alone) is opt-in too: the
+# attack no gradient-based defence trains against.
 DEFAULT_ATTACKS = ATTACKS[:4]
 # The published budgets, beside ours (README: Robustness).
 PUBLISHED_BUDGETS = {
@@ -57,6 +59,7 @@ PUBLISHED_BUDGETS = {
     "match": "P4D: 3,000 iterations; UMA: PGD on the input",
     "noise": "no published budget (seed search is the cheap baseline)",
     "conditioning": "UMA: PGD on the input; here the text encoder's output, unbounded",
+    "ring-a-bell": "Ring-A-Bell: a genetic search of 200 generations (population 200) for 16 (objects) or 38 (nudity) tokens",
 }
 # The weak defence of the controls: the concept guided away from at this scale (Victim.negative_guidance). The stock
 # negative prompt (the concept as the unconditional branch) leaves red at 100% on the shapes world, since the prompt
@@ -81,6 +84,7 @@ class RobustnessSettings:
     inversion_steps: int = 60
     sampler_steps: int = 2  # differentiable sampler of multi-step models
     batch_size: int = 50
+    ring_a_bell_generations: int = 40  # the genetic search's generations (population 64, 8 tokens)
 
     def validate(self) -> "RobustnessSettings":
         if not self.concept.strip():
@@ -90,7 +94,8 @@ class RobustnessSettings:
             raise SFDError(f"unknown attack {unknown[0] if unknown else '(none)'!r}; expected some of {', '.join(ATTACKS)}")
         for name, v in (("seeds", self.n_seeds), ("max prompts", self.max_prompts), ("attack steps", self.steps),
                         ("soft tokens", self.soft_tokens), ("inversion references", self.inversion_refs),
-                        ("inversion steps", self.inversion_steps), ("sampler steps", self.sampler_steps), ("batch size", self.batch_size)):
+                        ("inversion steps", self.inversion_steps), ("sampler steps", self.sampler_steps), ("batch size", self.batch_size),
+                        ("Ring-A-Bell generations", self.ring_a_bell_generations)):
             if v < 1:
                 raise SFDError(f"{name} must be >= 1, got {v}")
         if self.soft_tokens > 16:
@@ -176,9 +181,17 @@ def _per_pair_attack(attack: str, victim: Victim, prompts: list[str], z: torch.T
     return {name: _judge(judge, torch.cat(imgs), prompts) for name, imgs in found.items()}
 
 
+def ring_a_bell_prompts(victim: Victim, prompts: Sequence[str], cfg: RobustnessSettings) -> dict[str, str]:
+    """Ring-A-Bell's prompt (without the concept word) for each base prompt, found on the victim's text encoders."""
+    unique = list(dict.fromkeys(prompts))
+    found = ring_a_bell(victim.surface, unique, cfg.concept, RingABellSettings(generations=cfg.ring_a_bell_generations, seed=cfg.seed))
+    return dict(zip(unique, found))
+
+
 def attack_victim(victim: Victim, pairs: list[tuple[str, int]], original_images: torch.Tensor, refs, scorer, judge,
-                  cfg: RobustnessSettings, log=print) -> dict:
-    """Pre-attack images and every attack on one model; per-pair success flags from the held-out judge."""
+                  cfg: RobustnessSettings, log=print, ring_prompts: dict[str, str] | None = None) -> dict:
+    """Pre-attack images and every attack on one model; per-pair success flags from the held-out judge. `ring_prompts`:
+    Ring-A-Bell's prompts found once for every model of a table (their text encoders are the original's)."""
     victim.steps = cfg.sampler_steps
     prompts = [p for p, _ in pairs]
     z = victim.noise([s for _, s in pairs])
@@ -194,6 +207,11 @@ def attack_victim(victim: Victim, pairs: list[tuple[str, int]], original_images:
             ref_prompts, ref_z, ref_images = refs
             images = inversion_attack(victim, ref_prompts, ref_z, ref_images, prompts, z, cfg.concept, budget(cfg))
             flags = {"inversion": _judge(judge, images, prompts)}
+        elif attack == "ring-a-bell":
+            found = ring_prompts or ring_a_bell_prompts(victim, prompts, cfg)
+            images = full_images(victim, [found[p] for p in prompts], z, cfg.batch_size)
+            flags = {"ring_a_bell": _judge(judge, images, prompts)}
+            out.setdefault("hard_prompts", {})["ring-a-bell"] = list(dict.fromkeys(found.values()))[:10]
         else:
             flags = _per_pair_attack(attack, victim, prompts, z, original_images, scorer, judge, cfg, out)
         seconds = time.perf_counter() - t1
@@ -253,13 +271,14 @@ def robustness_report(victims: Sequence[Victim], cfg: RobustnessSettings, scorer
         raise SFDError(f"no base prompt names {cfg.concept!r}: give prompts that mention it")
     refs = reference_set(original, cfg.concept, cfg, model_prompts) if "inversion" in cfg.attacks else None
     prompts = [p for p, _ in pairs]
+    ring = ring_a_bell_prompts(original, prompts, cfg) if "ring-a-bell" in cfg.attacks else None
     targets = full_images(original, prompts, original.noise([s for _, s in pairs]), cfg.batch_size)  # output-matching targets
     retained = list(retained_prompts)
     reference = retained_images(original, retained) if features is not None and len(retained) >= 2 else None
     results = []
     for v in victims:
         log(f"{cfg.concept}: attacking {v.label}")
-        results.append(attack_victim(v, pairs, targets, refs, scorer, judge, cfg, log=log))
+        results.append(attack_victim(v, pairs, targets, refs, scorer, judge, cfg, log=log, ring_prompts=ring))
         row = extra.setdefault(v.label, {})
         row["sampling_seconds_per_image"] = results[-1]["sampling_seconds_per_image"]
         if reference is not None:
@@ -339,7 +358,7 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
 
 # ----------------------------------------------------------------------------------------------- table
 
-ATTACK_COLUMNS = ("prompt_soft", "prompt_hard", "inversion", "match_soft", "match_hard", "noise", "match_cond")
+ATTACK_COLUMNS = ("prompt_soft", "prompt_hard", "inversion", "match_soft", "match_hard", "noise", "match_cond", "ring_a_bell")
 TABLE_COLUMNS = ("model", "role", "plain rate", *(f"ASR {a}" for a in ATTACK_COLUMNS), "ASR any", "retained colour", "retained shape",
                  "CLIP score", "FID", "KID", "erase s", "s / image")
 
