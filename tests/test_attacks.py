@@ -142,3 +142,28 @@ def test_ring_a_bell_finds_the_concept_on_the_original_model():
     z = original.noise(range(8))
     rate = lambda ps: sum(r["flagged"] for r in judge.score(full_images(original, ps * 2, z, 8), ps * 2)) / 8  # noqa: E731
     assert rate(found) >= 0.5 and rate(found) > rate([without(p, "red") for p in prompts]) + 0.25
+
+
+def test_class_embedding_attacks_move_a_one_step_class_model():
+    """On the bundled digits base (never erased): optimising class 1's embedding towards the base's own images of 7, or
+    plugging in the teacher's embedding of 7, makes the judge see 7 where it saw 1."""
+    from sfd.core.attacks import output_match_loss
+    from sfd.core.attacks.classes import class_embedding_attack, transplant_attack
+    from sfd.core.models import checkpoints_dir
+    from sfd.evaluators.audit import load_model
+    from sfd.evaluators.classifier import ConvJudge
+    from sfd.evaluators.victim import ClassVictim
+
+    base = ClassVictim(load_model(str(checkpoints_dir() / "digits" / "onestep"), "base"), "base")
+    teacher = ClassVictim(load_model(str(checkpoints_dir() / "digits" / "teacher"), "teacher"), "teacher")
+    judge = ConvJudge.from_pretrained(checkpoints_dir() / "digits" / "judge")
+    sevens = lambda im: float((judge(im * 2 - 1).argmax(-1) == 7).float().mean())  # noqa: E731
+    ones, z = torch.full((8,), 1), base.noise(range(8))
+    with torch.no_grad():
+        plain, target = base.render(base.encode(ones), z), base.render(base.encode(torch.full((8,), 7)), z)
+    attacked = class_embedding_attack(base, ones, z, AttackBudget(steps=15, lr=0.3), output_match_loss(target))
+    with torch.no_grad():
+        assert sevens(plain) <= 0.25 and sevens(attacked) >= 0.75
+        table = teacher.surface.table.clone()
+        table[1] = table[7]  # the teacher's embedding of 7, plugged in where class 1's goes
+        assert sevens(transplant_attack(base, table, ones, z)) >= 0.75

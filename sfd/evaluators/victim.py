@@ -86,3 +86,46 @@ class Victim:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         d_u, d_c, d_n = self.denoiser(torch.cat([x, x, x]), sigma.repeat(3) if sigma.ndim else sigma, tree_cat([unc, cond, away])).chunk(3)
         return d_u + float(self.model.guidance) * (d_c - d_u) - self.negative_guidance * (d_n - d_u)
+
+
+@dataclass
+class ClassVictim:
+    """A class-conditional model as the class attacks see it (sfd/core/attacks/classes.py): labels in, images out."""
+
+    model: LoadedModel
+    label: str
+    steps: int = 2  # the differentiable sampler's steps (multi-step models)
+
+    def __post_init__(self):
+        from sfd.core.attacks.classes import ClassSurface
+
+        family, pipe = self.model.family, self.model.pipe
+        self.surface = ClassSurface(family, pipe, pipe.null_class)
+        family.network(pipe).requires_grad_(False)
+        self.denoiser = None if self.model.one_step else family.teacher_denoiser(pipe)
+
+    @property
+    def pipe(self):
+        return self.model.pipe
+
+    def encode(self, labels: torch.Tensor) -> dict:
+        return {"class_labels": labels.to(self.pipe.device)}
+
+    def noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        shape = self.model.family.latent_shape(self.pipe)
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+    def render(self, cond: dict, z: torch.Tensor, full: bool = False) -> torch.Tensor:
+        """Images in [0, 1]: one step, or guided DDIM (`steps`, or the model's own with full)."""
+        from sfd.kernel.denoisers import guided
+
+        z = z.to(self.pipe.device)
+        if self.model.one_step:
+            x0 = self.pipe.generator(z, cond)
+        else:
+            null = self.pipe.null_class
+            uncond = None if null is None else {"class_labels": torch.full_like(cond["class_labels"], null)}
+            sigmas = sigma_ladder(self.denoiser.schedule, self.model.steps if full else self.steps).to(z.device)
+            _, x0 = ddim(lambda x, s: guided(self.denoiser, x, s, cond, uncond, float(self.model.guidance)),
+                         start_latents(z, sigmas[0]), sigmas)
+        return (x0.float() / 2 + 0.5).clamp(0, 1)

@@ -49,17 +49,19 @@ def scheduler_config() -> dict:
                 prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
 
 
-def build_unet(cfg: TeacherTrainConfig = TeacherTrainConfig(), latent_channels: int = 4):
+def build_unet(cfg: TeacherTrainConfig = TeacherTrainConfig(), latent_channels: int = 4, **addition):
+    """The world's UNet; `addition`: its extra conditioning (default the SD teacher's: a pooled-text embedding when
+    cfg.pooled_text; SDXL's teacher passes its text_time embedding)."""
     from diffusers import UNet2DConditionModel
 
+    addition = addition or {"addition_embed_type": "text" if cfg.pooled_text else None, "addition_embed_type_num_heads": 4}
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.cross_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.cross_attention))
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 4, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
         down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_width,
-        attention_head_dim=cfg.attention_head_dim, norm_num_groups=32,
-        addition_embed_type="text" if cfg.pooled_text else None, addition_embed_type_num_heads=4,
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=32, **addition,
     )
 
 
@@ -168,17 +170,8 @@ class SDXLTeacherParts(_TeacherParts):
         return [CLIPTextModel(_half_width_text_config(cfg)), CLIPTextModelWithProjection(_half_width_text_config(cfg))]
 
     def unet(self, cfg: TeacherTrainConfig, latent_channels: int):
-        from diffusers import UNet2DConditionModel
-
-        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.cross_attention)
-        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.cross_attention))
-        return UNet2DConditionModel(
-            sample_size=IMAGE_SIZE // 4, in_channels=latent_channels, out_channels=latent_channels,
-            block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-            down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_width,
-            attention_head_dim=cfg.attention_head_dim, norm_num_groups=32, addition_embed_type="text_time",
-            addition_time_embed_dim=self.time_embed_dim, projection_class_embeddings_input_dim=6 * self.time_embed_dim + cfg.text_width // 2,
-        )
+        return build_unet(cfg, latent_channels, addition_embed_type="text_time", addition_time_embed_dim=self.time_embed_dim,
+                          projection_class_embeddings_input_dim=6 * self.time_embed_dim + cfg.text_width // 2)
 
     def unet_kwargs(self, encoders, tokens: torch.Tensor, dropped: torch.Tensor) -> dict:
         outs = [e(tokens, output_hidden_states=True) for e in encoders]

@@ -107,6 +107,11 @@ class ModelFamily:
         (SD) or a dict of tensors; without gradients unless `grad` (the attacks differentiate through it)."""
         raise NotImplementedError
 
+    def class_embedding(self, pipe):
+        """The attack hook of class-conditional models: the network's class-embedding layer (labels in, vectors out),
+        whose output an attacker may replace; None for models not conditioned on classes."""
+        return None
+
     def text_encoders(self, pipe) -> list[tuple[str, object, object]]:
         """The attack hook: (component name, tokenizer, text encoder) of every text encoder `encode` runs, in order.
         An attacker perturbs their token embeddings (soft prompts, textual inversion); the first is a CLIP encoder,

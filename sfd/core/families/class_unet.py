@@ -53,6 +53,9 @@ class ClassUNetFamily(ModelFamily):
         with quiet_diffusers():  # weights may be stored in fp16; sampling and training run in fp32
             return pipe.to(device, dtype or torch.float32)
 
+    def class_embedding(self, pipe):
+        return self.network(pipe).class_embedding
+
     # ----------------------------------------------------------------------------------------- training
     def default_teacher_guidance(self, pipe) -> float:
         return float(pipe.config.default_guidance_scale) if pipe.null_class is not None else 1.0
