@@ -52,14 +52,12 @@ def inspect_source(model: str) -> Source:
 
 def check_request(src: Source, fmt: str, unet_only: bool, workflow: str) -> None:
     """Refuse, before any work, what has no such format; each line names what is possible."""
-    from sfd.core.export.single_file import LAYOUTS
-
     fam = src.family
     if fmt not in FORMATS:
         raise SFDError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if unet_only and fmt != "single-file":
         raise SFDError("--unet-only applies to --format single-file")
-    if fmt in ("single-file", "kohya-lora") and fam.name not in LAYOUTS:
+    if fmt in ("single-file", "kohya-lora") and fam.single_file_layout is None:
         raise SFDError(f"a {fam.description} model has no {fmt} format here (single-file and kohya-lora: Stable Diffusion "
                        "1.x/2.x and SDXL); export it with --format diffusers")
     if fmt == "kohya-lora":
@@ -135,7 +133,7 @@ def _write_weights(src: Source, tmp: Path, fmt: str, name: str, unet_only: bool,
     else:
         from sfd.core.export.single_file import to_single_file
 
-        save_file(to_single_file(src.family.name, pipe, unet_only=unet_only), str(tmp / file), metadata=meta)
+        save_file(to_single_file(src.family.single_file_layout, pipe, unet_only=unet_only), str(tmp / file), metadata=meta)
         teacher = display_name(src.summary.get("base_model") or src.path)
         files = {"unet": file} if unet_only else {"checkpoint": file}
         loader = {"checkpoint": f"{teacher}.safetensors", "unet": file} if unet_only else {"checkpoint": file}

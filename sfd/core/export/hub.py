@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 TAGS = ("sfd", "concept-erasure", "machine-unlearning")
-FAMILY_TAGS = {"sd": "stable-diffusion", "sdxl": "stable-diffusion-xl", "sd3": "stable-diffusion-3", "flux": "flux"}
 
 
 def display_name(path) -> str:
@@ -57,7 +56,7 @@ def hub_metadata(base_model, family, relation: str = "finetune", tags=(), one_st
     license_ = card_license(base_model)
     if license_:
         meta["license"] = license_
-    extra = [FAMILY_TAGS.get(family.name, family.name)] + (["one-step"] if one_step else []) + list(tags)
+    extra = [family.hub_tag or family.name] + (["one-step"] if one_step else []) + list(tags)
     meta["tags"] = list(dict.fromkeys([*TAGS, *extra]))
     return meta
 

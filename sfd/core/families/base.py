@@ -37,6 +37,9 @@ class ModelFamily:
     forgotten_noun: str  # what an erase forgets, in words: "concept" or "class"
     pipeline_tag: str  # the Hub's pipeline_tag: "text-to-image" or "unconditional-image-generation"
     image_ui_export: bool  # whether `sfd export` writes the files AUTOMATIC1111 and ComfyUI load (text-to-image families)
+    single_file_layout: str | None = None  # the original single-file checkpoint layout of its models, if it has one:
+    # "sd" or "sdxl" (sfd/core/export/single_file.py; also what kohya-lora exports need)
+    hub_tag: str = ""  # the Hub's tag for the family ("stable-diffusion-xl"); its name when empty
     # The conditioning entries an attacker may move (the conditioning attack, robust SFD's `conditioning` space): the
     # text encoders' outputs. Size and crop ids (SDXL's time_ids) and FLUX's guidance are not text.
     attack_leaves: tuple[str, ...] = ("encoder_hidden_states", "pooled_projections", "text_embeds")

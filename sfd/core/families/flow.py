@@ -92,6 +92,7 @@ class StableDiffusion3Family(_FlowFamily):
     description = "Stable Diffusion 3 / 3.5"
     teacher_pipeline = "StableDiffusion3Pipeline"
     one_step_pipeline = "OneStepSD3Pipeline"
+    hub_tag = "stable-diffusion-3"
     fallback_sampling = (28, 7.0)
     presets = ("sd3", "shapes-sd3")
 

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 
 class StableDiffusionFamily(TextToImageFamily):
+    single_file_layout = "sd"
+    hub_tag = "stable-diffusion"
     name = "sd"
     description = "Stable Diffusion 1.x/2.x"
     teacher_pipeline = "StableDiffusionPipeline"

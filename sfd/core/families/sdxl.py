@@ -15,6 +15,8 @@ class StableDiffusionXLFamily(StableDiffusionFamily):
     description = "Stable Diffusion XL"
     teacher_pipeline = "StableDiffusionXLPipeline"
     one_step_pipeline = "OneStepTextXLPipeline"
+    single_file_layout = "sdxl"
+    hub_tag = "stable-diffusion-xl"
     fallback_sampling = (40, 5.0)
     presets = ("sd", "shapes")  # SD's: the same VP convention and two-branch guidance
 
