@@ -26,12 +26,10 @@ import torch
 
 from sfd.core.attacks import TextSurface
 from sfd.core.concepts import ConditionBatch
-from sfd.core.config import ROBUST_SPACES as SPACES  # noqa: F401 (the spaces below, named where the settings are checked)
 from sfd.kernel.errors import SFDError
 from sfd.core.losses import Cond
 from sfd.kernel.tree import tree_len, tree_map
 
-SPACES = ("conditioning", "soft-tokens")
 OBJECTIVE = "UMA output matching: ||G(z, c_adv) - G0(z, c_f)||^2 minimised over the perturbation (G0: the frozen base)"
 
 
