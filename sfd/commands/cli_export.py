@@ -1,5 +1,5 @@
 """`sfd export`: a model folder as a single-file checkpoint, a Kohya LoRA or a diffusers copy, with the ComfyUI workflow,
-A1111 settings and Hub card that sample it correctly (sfd/export). `add_parsers(sub)` wires it into sfd/commands/cli.py."""
+A1111 settings and Hub card that sample it correctly (sfd/core/export). `add_parsers(sub)` wires it into sfd/commands/cli.py."""
 
 from __future__ import annotations
 
