@@ -24,14 +24,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no usage reports, no version check: nothing leaves the machine
+from sfd.kernel.errors import SFDError, first_line
 
-import gradio as gr  # noqa: E402
-
-from sfd.kernel.errors import SFDError, first_line  # noqa: E402
-
-from sfd.app import audit_tab, catalog, runtime  # noqa: E402
-from sfd.app.catalog import ModelEntry  # noqa: E402
+from sfd.app import audit_tab, catalog, runtime
+from sfd.app.catalog import ModelEntry
 
 TITLE = "sfd demo: original vs erased"
 DEFAULT_PORT = 7860
@@ -43,6 +39,16 @@ CSS = """
 .sfd-status p { margin: 0.2em 0; }
 #base-seeds .grid-wrap, #cmp-seeds .grid-wrap { height: auto !important; min-height: 0 !important; }  /* one row, no blank */
 """
+
+
+def _gradio():
+    """gradio, imported when the page is built or answers (the `demo` extra; `sfd` imports without it), with its usage
+    reports and version check off: nothing leaves the machine."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import gradio
+
+    return gradio
+
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,8 @@ class DemoApp:
 
     def _safe(self, fallback):
         """Decorator: SFDError and input errors -> their message; anything else -> a short message, traceback to the log."""
+        gr = _gradio()
+
         def wrap(fn):
             @functools.wraps(fn)
             def run(*args):
@@ -237,6 +245,7 @@ class DemoApp:
     def models_changed(self, base_path, cmp_path):
         """Show prompt or class inputs, as the chosen model's family takes its condition; class choices of the base
         model; the hint."""
+        gr = _gradio()
         base = self._entry(base_path) or self._entry(cmp_path)
         is_class = base is not None and base.family.condition_from_list
         names = list(base.class_names) if is_class else []
@@ -245,6 +254,7 @@ class DemoApp:
 
     def base_changed(self, base_path, cmp_path):
         """As models_changed, and the base model's own sampler defaults in steps and guidance."""
+        gr = _gradio()
         base = self._entry(base_path)
         steps = guidance = gr.update()
         if base is not None and not base.one_step:
@@ -255,6 +265,7 @@ class DemoApp:
 
     def refresh(self, base_path, cmp_path):
         """Scan checkpoints/ and runs/ again (after `sfd erase` wrote a new model)."""
+        gr = _gradio()
         self.models, self.problems = self.scan()
         choices = self.choices()
         paths = [p for _, p in choices]
@@ -285,6 +296,7 @@ class DemoApp:
     # ------------------------------------------------------------------------------------------ page
 
     def build(self) -> gr.Blocks:
+        gr = _gradio()
         base0 = self.base.path if self.base else None
         cmp0 = self.compare.path if self.compare else None
         first = self.base or self.compare
@@ -414,6 +426,7 @@ class DemoApp:
 
 
 def build_demo(config: DemoConfig) -> tuple[gr.Blocks, DemoApp]:
+    gr = _gradio()
     app = DemoApp(config)
     return app.build(), app
 

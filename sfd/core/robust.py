@@ -35,11 +35,11 @@ OBJECTIVE = "UMA output matching: ||G(z, c_adv) - G0(z, c_f)||^2 minimised over 
 
 # ------------------------------------------------------------------------------------------ primitives
 
-def _zip_map(fn, a, b, leaf=torch.Tensor):
-    """`fn(x, y)` over the leaves (of type `leaf`) of two nested dicts of the same structure."""
+def _zip_map(fn, a, b):
+    """`fn(x, y)` over the tensors of two nested dicts of the same structure."""
     if isinstance(a, dict):
-        return {k: _zip_map(fn, a[k], b[k], leaf) for k in a}
-    return fn(a, b) if isinstance(a, leaf) else a
+        return {k: _zip_map(fn, a[k], b[k]) for k in a}
+    return fn(a, b) if isinstance(a, torch.Tensor) else a
 
 
 def _named_map(fn, tree, name: str = ""):
@@ -89,9 +89,8 @@ class ConditioningDelta:
             bound = b * _row_norm(c[idx.to(c.device)].float())
             d = d.detach() - size * bound * g / _row_norm(g)
             return d * (bound / _row_norm(d)).clamp(max=1.0)
-        triples = _zip_map(lambda d, g: (d, g), params, grads)
-        return _zip_map(lambda c, pair: move(c, *pair[0], pair[1]), self.forget,
-                        _zip_map(lambda pair, b: (pair, b), triples, self.budget, leaf=tuple))
+        trees = (self.forget, params, grads, self.budget)
+        return _rebuild(params, [move(*leaves) for leaves in zip(*map(_leaves, trees))])
 
     def store(self, idx: torch.Tensor, params) -> None:
         _zip_map(lambda d, p: d.index_copy_(0, idx.to(d.device), p.detach().to(d.dtype)), self.delta, params)

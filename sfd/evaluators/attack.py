@@ -195,12 +195,12 @@ def gradient_search(model: LoadedModel, detector, items: Sequence[PromptItem], s
 def _projected(surface, soft: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Straight-through projection: each soft token replaced by its encoder's nearest real whole-word token in the
     forward pass, the gradient passed to the soft token unchanged."""
-    from sfd.core.attacks import banned_tokens, nearest_tokens
+    from sfd.core.attacks import nearest_tokens
 
     out = {}
     for slot in surface.slots:
         table, v = slot.table, soft[slot.name]
-        proj = table[nearest_tokens(v.detach(), table, banned_tokens(slot.tokenizer, table.shape[0]).to(table.device))]
+        proj = table[nearest_tokens(v.detach(), table, slot.banned.to(table.device))]
         out[slot.name] = v + (proj - v).detach()
     return out
 

@@ -4,7 +4,7 @@ primitives, and the evaluators (the robustness table, `sfd attack`) measure with
 
 from sfd.core.attacks.primitives import (AttackBudget, concept_vote_loss, conditioning_attack, inversion_attack, noise_attack,
                                          output_match_loss, soft_prompt_attack)
-from sfd.core.attacks.surface import TextSurface, allowed_tokens, banned_tokens, nearest_tokens
+from sfd.core.attacks.surface import TextSurface, banned_tokens, nearest_tokens
 
-__all__ = ["AttackBudget", "TextSurface", "allowed_tokens", "banned_tokens", "concept_vote_loss", "conditioning_attack",
+__all__ = ["AttackBudget", "TextSurface", "banned_tokens", "concept_vote_loss", "conditioning_attack",
            "inversion_attack", "nearest_tokens", "noise_attack", "output_match_loss", "soft_prompt_attack"]

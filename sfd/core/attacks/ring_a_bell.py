@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from sfd.core.attacks.surface import TextSurface, allowed_tokens
+from sfd.core.attacks.surface import TextSurface
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def ring_a_bell(surface: TextSurface, prompts: Sequence[str], concept: str, sett
     s = settings
     vector = concept_vector(surface, pairs or prompts, concept)
     slot = surface.slots[0]
-    pool = allowed_tokens(slot.tokenizer, slot.table.shape[0])
+    pool = slot.allowed
     banned = set(slot.tokenizer(concept, add_special_tokens=False).input_ids) | {slot.placeholder_id}
     pool = pool[~torch.isin(pool, torch.tensor(sorted(banned), dtype=pool.dtype))]
     words = [slot.tokenizer.decode([int(t)]).strip() for t in pool.tolist()]

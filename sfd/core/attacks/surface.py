@@ -10,6 +10,7 @@ and every encoder sees the attack in its own embedding space.
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,6 +40,17 @@ class EncoderSlot:
     @property
     def table(self) -> torch.Tensor:
         return self.layer.weight.detach()
+
+    @functools.cached_property
+    def banned(self) -> torch.Tensor:
+        """Ids a hard prompt may not use (`banned_tokens`), computed once: the attacks ask for them every step."""
+        return banned_tokens(self.tokenizer, self.table.shape[0])
+
+    @functools.cached_property
+    def allowed(self) -> torch.Tensor:
+        keep = torch.ones(self.table.shape[0], dtype=torch.bool)
+        keep[self.banned] = False
+        return keep.nonzero().flatten()
 
 
 def _single_token(tokenizer, word: str) -> int | None:
@@ -120,8 +132,7 @@ class TextSurface:
         """Start vectors for k soft tokens per row: embeddings of random whole-word tokens of each encoder."""
         out = {}
         for slot in self.slots:
-            pool = allowed_tokens(slot.tokenizer, slot.table.shape[0])
-            pick = pool[torch.randint(len(pool), (rows, k), generator=gen)]
+            pick = slot.allowed[torch.randint(len(slot.allowed), (rows, k), generator=gen)]
             out[slot.name] = slot.table[pick.to(slot.table.device)].clone().float()
         return out
 
@@ -137,8 +148,7 @@ class TextSurface:
         """The soft prompt written as text: each of the first encoder's soft tokens projected to its nearest whole-word
         token, then placed before the prompt (what an attacker with only a prompt box can type)."""
         slot = self.slots[0]
-        banned = banned_tokens(slot.tokenizer, slot.table.shape[0]).to(slot.table.device)
-        ids = nearest_tokens(values[slot.name].detach(), slot.table, banned).cpu()
+        ids = nearest_tokens(values[slot.name].detach(), slot.table, slot.banned.to(slot.table.device)).cpu()
         words = [" ".join(slot.tokenizer.decode([t]).strip() for t in row.tolist()) for row in ids]
         return [f"{w} {p}".strip() for w, p in zip(words, prompts)]
 
@@ -155,12 +165,6 @@ def banned_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
     whole = {i for t, i in vocab.items() if t.endswith("</w>") and i < vocab_size}
     banned = [i for i in range(vocab_size) if i in special or (whole and i not in whole)]
     return torch.tensor(banned, dtype=torch.long)
-
-
-def allowed_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
-    keep = torch.ones(vocab_size, dtype=torch.bool)
-    keep[banned_tokens(tokenizer, vocab_size)] = False
-    return keep.nonzero().flatten()
 
 
 def nearest_tokens(soft: torch.Tensor, table: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
