@@ -51,14 +51,16 @@ def test_adversarial_rows_replace_forget_rows_on_their_iteration_only(tiny_sd_di
     tr = text_trainer(tiny_sd_dir, robust_every=2, robust_share=0.5)
     adv = tr.adversary
     plain = tr.spec.sample(2, 2, torch.Generator().manual_seed(0), "cpu")
-    assert adv.rows(plain, 0) is plain  # nothing found yet
+    z = torch.randn(4, *tr.latent_shape)
+    assert adv.rows(plain, z, 0) == (plain, z)  # nothing found yet
     adv.refresh(tr)
-    got = adv.rows(plain, 0)
+    got, z_got = adv.rows(plain, z, 0)
+    assert z_got is z  # the conditioning space leaves the noise alone
     h, h0 = got.fake.cond["encoder_hidden_states"], plain.fake.cond["encoder_hidden_states"]
     assert torch.equal(h[:3], h0[:3]) and not torch.equal(h[3], h0[3])  # one adversarial row of two forget rows
     idx = adv.current[1]
     assert torch.equal(got.teacher.cond["encoder_hidden_states"][3], adv.override["encoder_hidden_states"][idx[0]])
-    assert adv.rows(plain, 1) is plain
+    assert adv.rows(plain, z, 1)[0] is plain
     tr.step_count = 1
     adv.refresh(tr)  # not an adversarial iteration (every 2)
     assert adv.current is None
@@ -146,14 +148,100 @@ def test_robust_where_it_does_not_apply_is_one_line(tiny_sd_dir, tmp_path, capsy
     assert_one_line_error(code, err, *needles)
 
 
-def test_robust_on_a_class_model_is_one_line(tiny_teacher_dir, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_teacher_dir), "--forget", "1", "--out", str(tmp_path / "o"),
-                           "--single-stage", "--robust", "--steps", "1", "--quiet")
-    assert_one_line_error(code, err, "--robust", "class")
+def class_trainer(tiny_teacher_dir, lora: bool = False, **robust):
+    """A trainer on the tiny class-conditional teacher with robust rows in the class-embedding space."""
+    from sfd.core.erase import build_roles
+    from sfd.core.families import family_for
+    from sfd.core.robust import build_adversary
+    from sfd.core.trainer import SFDTrainer
+
+    family = family_for(str(tiny_teacher_dir))
+    pipe = family.load(str(tiny_teacher_dir), "cpu")
+    spec = family.conditions(pipe, ["1"], "3")
+    config = PRESETS["class"].replace(steps=STEPS, batch_retain=2, batch_forget=2, robust=True, micro_batches=1, lora=lora,
+                                      **robust).resolved(family.default_teacher_guidance(pipe)).validate(1000)
+    roles, _ = build_roles(family, pipe, config, family.default_convention(config.t_init), "cpu", {})
+    adversary = build_adversary(family, pipe, roles, spec, config)
+    return SFDTrainer(roles, spec, config, "cpu", latent_shape=family.latent_shape(pipe), adversary=adversary)
+
+
+def test_noise_space_moves_z_on_the_shell_and_raises_its_objective(tiny_sd_dir):
+    tr = text_trainer(tiny_sd_dir, robust_space="noise", robust_share=1.0)
+    adv = tr.adversary
+    idx = torch.tensor([0, 1])
+    z = torch.randn(2, *tr.latent_shape, generator=torch.Generator().manual_seed(0))
+    params, before, after = adv.maximise(tr.generator, idx, z, steps=6)
+    assert after > before, (before, after)
+    radius = float(z[0].numel()) ** 0.5
+    assert torch.allclose(params["z"].flatten(1).norm(dim=1), torch.full((2,), radius), rtol=1e-4)
+    plain = tr.spec.sample(2, 2, torch.Generator().manual_seed(0), "cpu")
+    zb = torch.randn(4, *tr.latent_shape)
+    adv.refresh(tr)
+    got, z_got = adv.rows(plain, zb, 0)
+    assert torch.equal(z_got[:2], zb[:2]) and not torch.equal(z_got[2:], zb[2:])  # the forget rows' noise is moved
+    h = plain.fake.cond["encoder_hidden_states"]
+    assert torch.equal(got.fake.cond["encoder_hidden_states"], torch.cat([h[:2], adv.forget["encoder_hidden_states"][adv.current[1]]]))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_class_embedding_space_raises_its_objective_within_its_budget(tiny_teacher_dir, lora):
+    tr = class_trainer(tiny_teacher_dir, lora=lora, robust_budget=0.5)
+    adv = tr.adversary
+    space = adv.space
+    idx = torch.tensor([0, 0])
+    z = torch.randn(2, *tr.latent_shape, generator=torch.Generator().manual_seed(0))
+    params, before, after = adv.maximise(tr.generator, idx, z, steps=6)
+    assert after > before, (before, after)
+    assert float((params["delta"].norm(dim=1, keepdim=True) / space.bound[idx]).max()) <= 1 + 1e-5
+    # The hook embeds a marked row as its class plus the delta, and leaves plain labels alone.
+    from sfd.core.robust import trained_networks
+
+    nets = trained_networks(tr.roles)
+    assert len(nets) == (1 if lora else 2)
+    layer = nets[0].class_embedding
+    labels = torch.tensor([1, space.rows.offset, 3])
+    space.rows.set(torch.tensor([1]), params["delta"][:1])
+    with torch.no_grad():
+        out = layer(labels)
+        space.rows.set(None, None)
+        ref = layer(torch.tensor([1, 1, 3]))
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])
+    assert torch.allclose(out[1], ref[1] + params["delta"][0], atol=1e-6)
+    tr.release_training_memory()  # the hooks come off
+    assert not layer._forward_hooks and not layer._forward_pre_hooks
+
+
+def test_robust_class_erase_trains_deterministically_and_resumes(tiny_teacher_dir):
+    def run(split: bool):
+        tr = class_trainer(tiny_teacher_dir)
+        if split:
+            tr.train(steps=3, progress=False)
+            tensors, meta = tr.state()
+            tr = class_trainer(tiny_teacher_dir)
+            tr.load_state(tensors, meta)
+        tr.train(progress=False)
+        return tr.state()[0]
+
+    a, b = run(False), run(True)
+    assert "adversary.class-embedding.delta" in a
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_a_space_of_the_other_kind_is_one_line(tiny_teacher_dir, tmp_path, capsys):
+    from sfd.kernel.errors import SFDError
+
+    with pytest.raises(SFDError) as e:
+        class_trainer(tiny_teacher_dir, robust_space="token")
+    assert "'token' does not apply to class-conditional" in str(e.value) and "\n" not in str(e.value)
+    code, _, err = run_cli(capsys, "erase", "--model", str(tiny_teacher_dir), "--forget", "1", "--override", "3", "--single-stage",
+                           "--steps", "1", "--robust-space", "soft-tokens", "--out", str(tmp_path / "o"), "--quiet")
+    assert_one_line_error(code, err, "'soft-tokens' does not apply to class-conditional", "class-embedding")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("robust_space", "pixels", "robust_space must be one or more of conditioning, soft-tokens, token"),
+    ("robust_space", "pixels", "robust_space must be one or more of conditioning, soft-tokens, token, noise, class-embedding"),
     ("robust_space", "token,token", "robust_space must be one or more of"),
     ("robust_budget", 0.0, "robust_budget must be > 0"), ("robust_steps", 0, "robust_steps must be >= 1"),
     ("robust_every", 0, "robust_every must be >= 1"), ("robust_share", 1.5, "robust_share must be in (0, 1]"),
@@ -166,3 +254,57 @@ def test_bad_robust_settings_give_one_clear_line(field, value, needle):
     with pytest.raises(SFDError, match=None) as e:
         PRESETS["shapes"].replace(robust=True, **{field: value}).validate()
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_measured_robustness_is_recorded_in_the_models_card(robust_reference, tmp_path):
+    """A robust erase's card names its inner attack and says the ASR is not measured yet; `record_robustness` (what `sfd
+    audit --robustness` calls for each erased folder) puts one table per concept there, replaced on a rerun, and leaves
+    the rest of the card as it was."""
+    import shutil
+
+    from sfd.core.model_card import record_robustness
+
+    folder = tmp_path / "model"
+    shutil.copytree(robust_reference, folder)
+    card = (folder / "README.md").read_text() + "\n## Final metrics\n\nkept as it was\n"  # a section after it
+    (folder / "README.md").write_text(card)
+    assert "## Robust erasure" in card and "UMA" in card and "Not measured yet" in card
+    rate = lambda r: {"n": 50, "flagged": int(50 * r), "rate": r, "ci_low": r / 2, "ci_high": min(1.0, r * 2 + 0.07)}  # noqa: E731
+    entry = lambda r: {"plain": rate(0.0), "attacks": {"noise": {"total": rate(r)}}, "inputs": rate(r), "all": rate(r)}  # noqa: E731
+    assert record_robustness(folder, "red", entry(0.5), {"steps": 20}, "classifier:judge", 50)
+    assert record_robustness(folder, "circle", entry(0.1), {"steps": 20}, "classifier:judge", 50)
+    assert record_robustness(folder, "red", entry(0.04), {"steps": 200}, "classifier:judge", 50)  # a rerun replaces red's
+    after = (folder / "README.md").read_text()
+    assert "Not measured yet" not in after and after.count("### red") == 1 and after.count("### circle") == 1
+    assert "| ASR noise | 4% [2, 15] |" in after and "| ASR noise | 10% [5, 27] |" in after and "50%" not in after
+    assert after.count("## Measured robustness") == 1 and after.split("## Measured robustness")[0] == card.split("## Measured robustness")[0]
+    assert after.endswith("\n## Final metrics\n\nkept as it was\n") and after.index("### circle") < after.index("## Final metrics")
+    summary = json.loads((folder / "sfd_config.json").read_text())
+    assert summary["measured_robustness"]["red"]["budget"]["steps"] == 200 and set(summary["measured_robustness"]) == {"red", "circle"}
+    assert not record_robustness(tmp_path / "elsewhere", "red", entry(0.1), {}, "j", 1)  # not an erase folder
+
+
+def test_presets_take_robust_sfd_where_it_measured_better():
+    """The shapes world's stage 2 is robust by default and `--no-robust` gives the plain preset it was measured
+    against; digits' stage 2 is plain by default and `--robust` gives its robust variant; stage 1 is never robust."""
+    from sfd.core.config import CLASS_STAGE2_PRESET, SHAPES_STAGE2_PRESET, preset
+
+    assert preset("shapes", "erase").robust and "noise" in preset("shapes", "erase").robust_space
+    assert preset("shapes", "erase", robust=False) == SHAPES_STAGE2_PRESET.replace(robust=False)
+    assert not preset("class", "erase").robust and preset("class", "erase", robust=False) == CLASS_STAGE2_PRESET
+    robust = preset("class", "erase", robust=True)
+    assert robust.robust and robust.robust_space == "class-embedding" and robust.replace(robust=False) != CLASS_STAGE2_PRESET
+    assert preset("sd", "erase", robust=True).robust and not preset("sd", "erase").robust
+    assert not any(preset(n, "distill").robust for n in ("class", "shapes", "sd"))
+
+
+def test_a_bad_setting_on_a_benchmarks_command_line_is_one_line():
+    from sfd.core.config import typed_setting
+    from sfd.kernel.errors import SFDError
+
+    assert typed_setting("robust_steps", "4") == 4 and typed_setting("robust_share", "0.5") == 0.5
+    assert typed_setting("robust", "true") is True and typed_setting("robust_space", "noise") == "noise"
+    for key, value, needle in (("robust_stepz", "4", "no erase setting named 'robust_stepz'"), ("robust_steps", "four", "not an int")):
+        with pytest.raises(SFDError) as e:
+            typed_setting(key, value)
+        assert needle in str(e.value) and "\n" not in str(e.value)

@@ -129,6 +129,17 @@ class ClassForgetSpec:
                                              for f, t in zip(self.forget, self.random_targets))
         return d
 
+    def forget_and_override(self, forget_only: bool = False) -> tuple[dict, dict | None]:
+        """The forget classes as conditioning rows, and the teacher's class for each (robust SFD's adversarial rows);
+        the override needs the run's settled spec (`settle`) unless `forget_only`."""
+        forget = {"class_labels": torch.tensor(self.forget, dtype=torch.long)}
+        if forget_only:
+            return forget, None
+        if self.override is None and self.random_targets is None:
+            raise ValueError("override 'random' is resolved by the trainer (SFDTrainer) before adversarial rows are drawn")
+        targets = [self.override] * len(self.forget) if self.override is not None else list(self.random_targets)
+        return forget, {"class_labels": torch.tensor(targets, dtype=torch.long)}
+
     def _pick(self, pool: tuple[int, ...], n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.tensor(pool)[torch.randint(len(pool), (n,), generator=gen)]
 
@@ -235,6 +246,10 @@ class TextConditions:
     def settle(self, *run) -> "TextConditions":
         """Nothing is left to the run: text overrides are given (`ClassForgetSpec.settle`'s counterpart)."""
         return self
+
+    def forget_and_override(self, forget_only: bool = False) -> tuple[dict, dict]:
+        """The forget prompts' conditionings and their override prompts', row for row (robust SFD's adversarial rows)."""
+        return self.forget, self.override
 
     def to(self, device) -> "TextConditions":
         move = lambda t: tree_map(lambda v: v.to(device), t)  # noqa: E731

@@ -4,18 +4,18 @@ Plain SFD trains the generator on the forget prompts' conditionings only; elsewh
 like its base, which still draws the concept. Here the forget term also trains on conditions found against the current
 generator (fast adversarial training: perturbations kept per forget prompt across iterations, a few inner steps every
 `robust_every` iterations):
-- inner maximisation, data-free and detector-free (UMA's objective): make G(z, c_f + delta) match the frozen base
+- inner maximisation, data-free and detector-free (UMA's objective): make G(z', c_f + delta) match the frozen base
   generator's G0(z, c_f) for the same noise z;
 - outer step: those conditions replace some of the batch's forget rows, so they go through the ordinary forget term
-  (generator and fake score at c_adv, the teacher at the forget prompt's override).
+  (generator and fake score at c_adv, the teacher at the forget item's override).
 
-Perturbation spaces (`robust_space`): `conditioning`, a norm-bounded delta on the encoder output itself; `soft-tokens`,
-k soft token embeddings placed before the forget prompt and run through the frozen text encoders, and `token`, a
-learned token in place of the concept word (textual inversion's space). Every text family, through its attack hook
-(sfd/core/attacks: the same `TextSurface` the robustness table attacks with). Several spaces, comma-separated, take
-turns.
+Perturbation spaces (`robust_space`, sfd/core/robust_spaces.py): text models `conditioning` (a norm-bounded delta on the
+encoder output), `soft-tokens` (soft tokens before the forget prompt, through the frozen text encoders) and `token` (a
+learned token in place of the concept word: textual inversion's space), through the attack library's `TextSurface`;
+class-conditional models `class-embedding` (a bounded delta on the class-embedding vector); both, `noise` (the initial
+noise z' on the Gaussian shell). Several spaces, comma-separated, take turns.
 
-The trainer only calls `refresh(trainer)` and `rows(batch, step)` and saves `state()`.
+The trainer only calls `refresh(trainer)`, `rows(batch, z, step)` and `close()`, and saves `state()`.
 """
 
 from __future__ import annotations
@@ -24,144 +24,21 @@ import copy
 
 import torch
 
+from sfd.core.adapters import AdapterView
 from sfd.core.attacks import TextSurface
 from sfd.core.concepts import ConditionBatch
-from sfd.kernel.errors import SFDError
 from sfd.core.losses import Cond
+from sfd.core.robust_spaces import (ClassEmbeddingDelta, ConceptToken, ConditioningDelta, NoiseShell, SoftTokens, leaves,
+                                    rebuild, zip_map)
+from sfd.kernel.errors import SFDError
 from sfd.kernel.tree import tree_len, tree_map
 
 OBJECTIVE = "UMA output matching: ||G(z, c_adv) - G0(z, c_f)||^2 minimised over the perturbation (G0: the frozen base)"
 
 
-# ------------------------------------------------------------------------------------------ primitives
-
-def _zip_map(fn, a, b):
-    """`fn(x, y)` over the tensors of two nested dicts of the same structure."""
-    if isinstance(a, dict):
-        return {k: _zip_map(fn, a[k], b[k]) for k in a}
-    return fn(a, b) if isinstance(a, torch.Tensor) else a
-
-
-def _named_map(fn, tree, name: str = ""):
-    """`fn(key, leaf)` over a nested dict's tensors, each with the key it sits under."""
-    if isinstance(tree, dict):
-        return {k: _named_map(fn, v, k) for k, v in tree.items()}
-    return fn(name, tree)
-
-
-def _row_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1))).clamp(min=1e-12)
-
-
 def output_match_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared distance between the generator's output and the base's (UMA's inner loss)."""
     return (x.float() - target.float()).pow(2).flatten(1).mean(1)
-
-
-# ------------------------------------------------------------------------------------------ spaces
-
-class ConditioningDelta:
-    """One delta per forget prompt on the encoder output (the conditioning entries the family lets an attacker move:
-    `ModelFamily.attack_leaves`; SDXL's size ids stay as they are), each row kept within `budget` times that row's own
-    norm: a bounded version of the conditioning attack of the robustness table."""
-
-    name = "conditioning"
-
-    def __init__(self, forget: dict, budget: float, gen: torch.Generator, leaves=("encoder_hidden_states",)):
-        self.forget = forget
-        self.budget = _named_map(lambda name, c: budget if name in leaves else 0.0, forget)  # per entry
-        # Random start inside the ball (fast adversarial training's random init): a zero delta is a stationary point
-        # of the inner loss on a generator that still equals its base.
-        def init(c, b):
-            d = torch.randn(c.shape, generator=gen).to(c.device, torch.float32)
-            return d * (0.5 * b * _row_norm(c.float()) / _row_norm(d))
-        self.delta = _zip_map(init, forget, self.budget)
-
-    def start(self, idx: torch.Tensor):
-        return tree_map(lambda d: d[idx.to(d.device)].clone().requires_grad_(True), self.delta)
-
-    def condition(self, idx: torch.Tensor, params) -> dict:
-        return _zip_map(lambda c, d: c[idx.to(c.device)] + d.to(c.dtype), self.forget, params)
-
-    def step(self, idx: torch.Tensor, params, grads, size: float):
-        """A normalised gradient step down the inner loss, then the projection onto the ball."""
-        def move(c, d, g, b):
-            bound = b * _row_norm(c[idx.to(c.device)].float())
-            d = d.detach() - size * bound * g / _row_norm(g)
-            return d * (bound / _row_norm(d)).clamp(max=1.0)
-        trees = (self.forget, params, grads, self.budget)
-        return _rebuild(params, [move(*leaves) for leaves in zip(*map(_leaves, trees))])
-
-    def store(self, idx: torch.Tensor, params) -> None:
-        _zip_map(lambda d, p: d.index_copy_(0, idx.to(d.device), p.detach().to(d.dtype)), self.delta, params)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        flat: dict[str, torch.Tensor] = {}
-
-        def walk(tree, prefix):
-            for k, v in tree.items():
-                walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.__setitem__(f"{prefix}{k}", v)
-        walk(self.delta, "delta.")
-        return flat
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        for key, value in self.state().items():
-            value.copy_(tensors[key])
-
-
-class SoftTokens:
-    """k soft token embeddings per forget prompt, placed before it and run through the frozen text encoders, each in
-    its own embedding space (UnlearnDiffAtk's / AdvUnlearn's space; the attack library's `TextSurface`, so every text
-    family). Each soft token is kept within the norm of its encoder's largest real token."""
-
-    name = "soft-tokens"
-
-    def __init__(self, surface, prompts, k: int, gen: torch.Generator):
-        self.surface, self.k = surface, k
-        self.prompts = surface.prefixed(prompts, k)
-        tables = {s.name: s.table.float() for s in surface.slots}
-        self.max_norm = {n: float(tb.norm(dim=1).max()) for n, tb in tables.items()}
-        self.scale = {n: float(tb.std()) * tb.shape[1] ** 0.5 for n, tb in tables.items()}  # a typical token's norm: the step's unit
-        self.soft = surface.random_tokens(len(prompts), k, gen)
-
-    def start(self, idx: torch.Tensor):
-        return {n: v[idx.to(v.device)].clone().requires_grad_(True) for n, v in self.soft.items()}
-
-    def condition(self, idx: torch.Tensor, params) -> dict:
-        with self.surface.tokens(params):
-            return self.surface.encode([self.prompts[i] for i in idx.tolist()])
-
-    def step(self, idx: torch.Tensor, params, grads, size: float):
-        def move(n):
-            s = params[n].detach() - size * self.scale[n] * grads[n] / grads[n].norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            return s * (self.max_norm[n] / s.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
-        return {n: move(n) for n in params}
-
-    def store(self, idx: torch.Tensor, params) -> None:
-        for n, v in self.soft.items():
-            v.index_copy_(0, idx.to(v.device), params[n].detach().to(v.dtype))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {f"soft.{n}": v for n, v in self.soft.items()}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        for n, v in self.soft.items():
-            v.copy_(tensors[f"soft.{n}"])
-
-
-class ConceptToken(SoftTokens):
-    """A learned token in place of the concept word of each forget prompt, through the frozen text encoders (textual
-    inversion's space, CCE). One token per prompt: one token shared by all prompts (as textual inversion learns) left
-    more to the inversion attack on the shapes world (64% against 48%, one seed each; BENCHMARKS.md)."""
-
-    name = "token"
-
-    def __init__(self, surface, prompts, concepts, gen: torch.Generator):
-        from sfd.core.prompts import mentions
-
-        super().__init__(surface, prompts, 1, gen)
-        hit = lambda p: next((c for c in concepts if mentions(p, c)), concepts[0])  # noqa: E731
-        self.prompts = [surface.with_placeholder([p], hit(p))[0] for p in prompts]
 
 
 # ------------------------------------------------------------------------------------------ the base G0
@@ -201,26 +78,11 @@ class FrozenBase:
 
 # ------------------------------------------------------------------------------------------ the component
 
-def _leaves(tree) -> list[torch.Tensor]:
-    if isinstance(tree, dict):
-        return [leaf for k in tree for leaf in _leaves(tree[k])]
-    return [tree]
-
-
-def _rebuild(tree, leaves: list[torch.Tensor]):
-    """A tree of `tree`'s structure holding `leaves` in `_leaves` order."""
-    it = iter(leaves)
-
-    def build(t):
-        return {k: build(v) for k, v in t.items()} if isinstance(t, dict) else next(it)
-    return build(tree)
-
-
 def _keep_best(space, params, best, loss: torch.Tensor, best_loss: torch.Tensor):
     """Per row, the perturbation with the lower loss."""
     better = loss < best_loss
     pick = lambda new, old: torch.where(better.view(-1, *([1] * (new.ndim - 1))).to(new.device), new.detach(), old)  # noqa: E731
-    return _zip_map(pick, params, best), torch.minimum(loss, best_loss)
+    return zip_map(pick, params, best), torch.minimum(loss, best_loss)
 
 
 def adversarial_rows(config) -> int:
@@ -230,16 +92,18 @@ def adversarial_rows(config) -> int:
 
 class AdversarialForget:
     """Adversarial forget rows for the trainer: `refresh(trainer)` runs the inner maximisation at the start of an
-    adversarial iteration, `rows(batch, step)` puts its conditions into that iteration's batches."""
+    adversarial iteration, `rows(batch, z, step)` puts its conditions (and, in the `noise` space, its noise) into that
+    iteration's batches."""
 
-    def __init__(self, spaces: list, base: FrozenBase, forget: dict, override: dict, config):
-        self.spaces, self.base, self.forget, self.override = list(spaces), base, forget, override
+    def __init__(self, spaces: list, base: FrozenBase, forget: dict, config):
+        self.spaces, self.base, self.forget = list(spaces), base, forget
         self.config = config
+        self.override: dict | None = None  # the teacher's rows, per forget item: taken from the trainer's settled spec
         self.n_rows = adversarial_rows(config)
         # Its own random stream: the batch generator draws exactly what a plain run draws.
         self.rng = torch.Generator().manual_seed(config.seed + 104729)
-        self.current: tuple[int, torch.Tensor, dict] | None = None
-        self.last_objective: tuple[float, float] | None = None
+        self.current: tuple[int, torch.Tensor, dict, torch.Tensor | None] | None = None
+        self.last_objective: float | None = None
 
     def is_adversarial(self, step: int) -> bool:
         return step % self.config.robust_every == 0
@@ -253,19 +117,19 @@ class AdversarialForget:
         return self.spaces[0]
 
     def maximise(self, generator, idx: torch.Tensor, z: torch.Tensor, steps: int | None = None, autocast=None, space=None):
-        """The inner maximisation on forget prompts `idx` with noise z, from their kept perturbations. Returns, per row,
+        """The inner maximisation on forget items `idx` with noise z, from their kept perturbations. Returns, per row,
         the best perturbation seen (PGD's keep-best: a step may overshoot on a sharply curved loss) and the objective
         (minus the output-matching loss, mean over rows) at the start and at the end."""
         rows = lambda t: tree_map(lambda v: v[idx.to(v.device)], t)  # noqa: E731
         space = space or self.space
         target = self.base(z, rows(self.forget))
-        params = space.start(idx)
+        params = space.start(idx, z, self.rng)
         ctx = autocast or (lambda: torch.autocast("cpu", enabled=False))
         n = self.config.robust_steps if steps is None else steps
         best = best_loss = None
         for i in range(n + 1):  # n gradient steps, and one forward pass to judge the last
             with ctx(), torch.set_grad_enabled(i < n):
-                loss = output_match_loss(generator(z, space.condition(idx, params)), target)
+                loss = output_match_loss(generator(space.noise(params, z), space.condition(idx, params)), target)
             if best is None:
                 best, best_loss = tree_map(lambda p: p.detach(), params), loss.detach()
             else:
@@ -273,18 +137,20 @@ class AdversarialForget:
             before = -float(loss.detach().mean()) if i == 0 else before
             if i == n:
                 break
-            grads = torch.autograd.grad(loss.sum(), _leaves(params))
+            grads = torch.autograd.grad(loss.sum(), leaves(params))
             # The step's length decays as 1 / (i + 1): steps of a fixed length circle the optimum once near it.
-            params = space.step(idx, params, _rebuild(params, list(grads)), self.config.robust_step / (i + 1))
+            params = space.step(idx, params, rebuild(params, list(grads)), self.config.robust_step / (i + 1))
             params = tree_map(lambda p: p.requires_grad_(True), params)
         return best, before, -float(best_loss.mean())
 
     def refresh(self, trainer) -> None:
-        """At the start of each iteration: on an adversarial one, move the kept perturbations of a few forget prompts
+        """At the start of each iteration: on an adversarial one, move the kept perturbations of a few forget items
         up the inner objective against the current generator."""
         self.current = None
         if not self.is_adversarial(trainer.step_count):
             return
+        if self.override is None:
+            self.override = trainer.spec.forget_and_override()[1]
         idx = torch.randint(tree_len(self.forget), (self.n_rows,), generator=self.rng)
         z = torch.randn((self.n_rows, *trainer.latent_shape), generator=self.rng).to(trainer.device)
         trainer.roles.set_trainable(generator=False, fake=False)  # gradients to the perturbation only
@@ -293,21 +159,28 @@ class AdversarialForget:
         space.store(idx, params)
         with torch.no_grad():
             cond = tree_map(lambda v: v.detach(), space.condition(idx, params))
-        self.current = (trainer.step_count, idx, cond)
+            noise = space.noise(params, z)
+        self.current = (trainer.step_count, idx, cond, None if noise is z else noise.detach())
         self.last_objective = before
 
-    def rows(self, batch: ConditionBatch, step: int) -> ConditionBatch:
-        """The global batch with its last forget rows replaced by the adversarial conditions (fake score and generator
-        at c_adv, the teacher at the prompt's override), on the iteration that found them; else the batch as it is."""
+    def rows(self, batch: ConditionBatch, z: torch.Tensor, step: int) -> tuple[ConditionBatch, torch.Tensor]:
+        """The global batch and its noise with the last forget rows replaced by the adversarial conditions (fake score
+        and generator at c_adv, the teacher at the item's override) and, in the `noise` space, the adversarial noise,
+        on the iteration that found them; else the batch and noise as they are."""
         if self.current is None or self.current[0] != step:
-            return batch
-        _, idx, adv = self.current
+            return batch, z
+        _, idx, adv, noise = self.current
         n = len(idx)
         swap = lambda full, new: torch.cat([full[: len(full) - n], new.to(full.device, full.dtype)])  # noqa: E731
         override = tree_map(lambda v: v[idx.to(v.device)], self.override)
-        fake = Cond(_zip_map(swap, batch.fake.cond, adv), batch.fake.uncond)
-        teacher = Cond(_zip_map(swap, batch.teacher.cond, override), batch.teacher.uncond)
-        return ConditionBatch(fake, teacher, batch.n_retain, batch.n_forget)
+        fake = Cond(zip_map(swap, batch.fake.cond, adv), batch.fake.uncond)
+        teacher = Cond(zip_map(swap, batch.teacher.cond, override), batch.teacher.uncond)
+        return ConditionBatch(fake, teacher, batch.n_retain, batch.n_forget), z if noise is None else swap(z, noise)
+
+    def close(self) -> None:
+        """Training is over: the spaces' hooks (if any) come off the networks."""
+        for space in self.spaces:
+            getattr(space, "close", lambda: None)()
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"rng": self.rng.get_state()}
@@ -329,32 +202,55 @@ class AdversarialForget:
         names = [sp.name for sp in self.spaces]
         if "conditioning" in names:
             d["budget"] = f"||delta|| <= {c.robust_budget} x ||c_f|| per row"
+        if "class-embedding" in names:
+            d["budget"] = f"||delta|| <= {c.robust_budget} x ||e_k|| per forget class"
         if "soft-tokens" in names:
             d["soft_tokens"] = c.robust_tokens
+        if "noise" in names:
+            d["noise"] = f"z moved on the shell ||z|| = sqrt(dim), {c.robust_step} x radius per step"
         return d
+
+
+TEXT_SPACES = ("conditioning", "soft-tokens", "token", "noise")
+CLASS_SPACES = ("class-embedding", "noise")
 
 
 def build_adversary(family, teacher_pipe, roles, spec, config):
     """The robust component of an erase (None unless `config.robust`), built beside the roles: its base G0 must be
-    taken before any training state is loaded into them."""
+    taken before any training state is loaded into them (and before a space hooks the networks)."""
     if not config.robust:
         return None
-    if not hasattr(spec, "override") or not isinstance(getattr(spec, "forget", None), dict):
-        raise SFDError("--robust supports text-to-image models so far; a class-conditional model's class attack is not "
-                       "implemented yet: leave --robust out")
+    is_class = family.class_embedding(teacher_pipe) is not None
+    allowed = CLASS_SPACES if is_class else TEXT_SPACES
+    names = robust_spaces(config)
+    wrong = [n for n in names if n not in allowed]
+    if wrong:
+        raise SFDError(f"robust_space {wrong[0]!r} does not apply to {family.description} models; use "
+                       f"{' or '.join(allowed)} (--robust-space)")
+    base = FrozenBase(roles)
+    forget = spec.forget_and_override(forget_only=True)[0]
     gen = torch.Generator().manual_seed(config.seed + 15485863)
     spaces, surface = [], None
-    for name in robust_spaces(config):
-        if name == "conditioning":
-            spaces.append(ConditioningDelta(spec.forget, config.robust_budget, gen, family.attack_leaves))
-            continue
-        surface = surface or TextSurface(family, teacher_pipe)
-        prompts = [p for p, _ in spec.spec.pairs]
-        if name == "soft-tokens":
-            spaces.append(SoftTokens(surface, prompts, config.robust_tokens, gen))
+    for name in names:
+        if name == "noise":
+            spaces.append(NoiseShell(forget, 0.5 * config.robust_step))
+        elif name == "conditioning":
+            spaces.append(ConditioningDelta(forget, config.robust_budget, gen, family.attack_leaves))
+        elif name == "class-embedding":
+            layers = [family.class_embedding_of(n) for n in trained_networks(roles)]
+            spaces.append(ClassEmbeddingDelta(forget["class_labels"], layers, config.robust_budget, gen))
         else:
-            spaces.append(ConceptToken(surface, prompts, list(spec.concepts), gen))
-    return AdversarialForget(spaces, FrozenBase(roles), spec.forget, spec.override, config)
+            surface = surface or TextSurface(family, teacher_pipe)
+            prompts = [p for p, _ in spec.spec.pairs]
+            spaces.append(SoftTokens(surface, prompts, config.robust_tokens, gen) if name == "soft-tokens"
+                          else ConceptToken(surface, prompts, list(spec.concepts), gen))
+    return AdversarialForget(spaces, base, forget, config)
+
+
+def trained_networks(roles) -> list:
+    """The networks the generator and the fake score run: two in full mode, the one shared network in LoRA mode."""
+    nets = [d.unet.unet if isinstance(d.unet, AdapterView) else d.unet for d in (roles.generator, roles.fake)]
+    return list({id(n): n for n in nets}.values())
 
 
 def robust_spaces(config) -> list[str]:

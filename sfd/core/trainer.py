@@ -126,12 +126,12 @@ class SFDTrainer:
         """Conditions, latents z, sigmas and noise of one global batch, then this process's rows of it."""
         c = self.config
         batch = self.spec.sample(c.batch_retain, c.batch_forget, self.rng, self.device, for_fake_training=for_fake_training)
-        if self.adversary is not None:  # robust SFD: this iteration's adversarial forget rows, before the split
-            batch = self.adversary.rows(batch, self.step_count)
         n = c.batch_retain + c.batch_forget
         z = torch.randn((n, *self.latent_shape), generator=self.rng)
         t = torch.randint(c.t_min, c.t_max, (n,), generator=self.rng)
         noise = torch.randn((n, *self.latent_shape), generator=self.rng)
+        if self.adversary is not None:  # robust SFD: this iteration's adversarial forget rows, before the split
+            batch, z = self.adversary.rows(batch, z, self.step_count)
         sigma = self.teacher.schedule.sigma_at(t)
         if self.world_size > 1:
             r, f = c.batch_retain // self.world_size, c.batch_forget // self.world_size
@@ -370,6 +370,8 @@ class SFDTrainer:
     def release_training_memory(self) -> None:
         """Once training is over: drop what only training needs (both optimizers' moments, gradients), so that saving
         does not add a network's copy on top of them."""
+        if self.adversary is not None:  # its hooks (class-embedding space) come off the networks
+            self.adversary.close()
         for opt, params in ((self.opt_gen, self.roles.generator_parameters()), (self.opt_fake, self.roles.fake_parameters())):
             opt.state.clear()
             for p in params:

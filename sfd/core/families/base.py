@@ -113,6 +113,10 @@ class ModelFamily:
     def class_embedding(self, pipe):
         """The attack hook of class-conditional models: the network's class-embedding layer (labels in, vectors out),
         whose output an attacker may replace; None for models not conditioned on classes."""
+        return self.class_embedding_of(self.network(pipe))
+
+    def class_embedding_of(self, network):
+        """`class_embedding` of a network itself (a trained role's, which robust SFD perturbs); None without classes."""
         return None
 
     def text_encoders(self, pipe) -> list[tuple[str, object, object]]:

@@ -53,8 +53,8 @@ class ClassUNetFamily(ModelFamily):
         with quiet_diffusers():  # weights may be stored in fp16; sampling and training run in fp32
             return pipe.to(device, dtype or torch.float32)
 
-    def class_embedding(self, pipe):
-        return self.network(pipe).class_embedding
+    def class_embedding_of(self, network):
+        return network.class_embedding
 
     # ----------------------------------------------------------------------------------------- training
     def default_teacher_guidance(self, pipe) -> float:
