@@ -73,12 +73,12 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
     if stage == "erase":
         generator = _choose_base(a, family, name)
         stage = "erase" if generator else "single"
-    config = preset(name, stage).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets,
+    config = preset(name, stage, robust=True if a.robust_space else a.robust).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets,
                                          lora_lr_scale=a.lora_lr_scale, micro_batches=a.micro_batches)
     if a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale:
         config = config.replace(lora=True)
-    if a.robust:
-        config = config.replace(robust=True)
+    if a.robust_space:
+        config = config.replace(robust_space=a.robust_space)
     if a.batch:
         config = config.with_batch(a.batch, erase=stage != "distill")
     evaluate = world_evaluator(family, a.model, seed=config.seed, device=device, progress=not a.quiet)
@@ -114,7 +114,8 @@ def _run_baseline(a, method) -> int:
                                 ("--lora", a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale), ("--preset", a.preset),
                                 ("--micro-batches", a.micro_batches), ("--checkpoint-every", a.checkpoint_every),
                                 ("--negative-prompt", a.negative_prompt), ("--resolution", a.resolution),
-                                ("--batch", a.batch), ("--hub-id", a.hub_id), ("--robust", a.robust)) if on]
+                                ("--batch", a.batch), ("--hub-id", a.hub_id), ("--robust", a.robust),
+                                ("--robust-space", a.robust_space)) if on]
     if sfd_only:
         raise SFDError(f"{sfd_only[0]} applies to --method sfd, not {a.method}")
     if method.closed_form and a.steps is not None:
@@ -278,9 +279,13 @@ def _add_run_arguments(p, model_help: str) -> None:
     p.add_argument("--lora-targets", help="comma-separated module names LoRA adapts (implies --lora; default: the family's list)")
     p.add_argument("--lora-lr-scale", type=_float_arg("--lora-lr-scale", positive=True),
                    help="multiply both learning rates by this in LoRA mode (implies --lora; default: the preset's)")
-    p.add_argument("--robust", action="store_true",
+    p.add_argument("--robust", action=argparse.BooleanOptionalAction, default=None,
                    help="robust SFD (erase only): the forget term also trains on conditions found against the current "
-                        "generator (the preset's inner attack; BENCHMARKS.md: Robust SFD)")
+                        "generator (the preset's inner attack; BENCHMARKS.md: Robust SFD). Default: the preset's setting "
+                        "(on where it measured better); --no-robust turns it off")
+    p.add_argument("--robust-space", help="robust SFD's perturbation spaces, comma-separated, taking turns (implies --robust): "
+                   "conditioning, soft-tokens, token, noise for text-to-image models; class-embedding, noise for "
+                   "class-conditional ones (default: the preset's)")
     p.add_argument("--micro-batches", type=_pos_int("--micro-batches"),
                    help="split each process's batch into N parts, one backward each (gradient accumulation; default: the "
                         "smallest count whose part fits the memory available, measured on the first iteration)")
