@@ -122,6 +122,8 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
         "",
         f"Wall time of the run: {wall_seconds:.1f} s. Software: {', '.join(f'{k} {v}' for k, v in summary['versions'].items())}.",
     ]
+    if summary.get("robust"):
+        parts += ["", *_robust_section(summary["robust"])]
     metrics = summary.get("metrics")
     if metrics:
         nested = {k: v for k, v in metrics.items() if isinstance(v, dict)}
@@ -129,3 +131,47 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
         for name, table in nested.items():
             parts += ["", f"### {name}", _table({k: round(v, 4) if isinstance(v, float) else v for k, v in table.items()})]
     return "\n".join(parts) + "\n"
+
+
+ROBUSTNESS_HEADING = "## Measured robustness"
+
+
+def _robust_section(robust: dict) -> list[str]:
+    return ["## Robust erasure", "", "Trained against adversarial conditions found during the erase (robust SFD, `--robust`): the "
+            "inner attack and its budget.", "", _table(robust), "",
+            f"{ROBUSTNESS_HEADING}", "", "Not measured yet. `sfd audit --model ORIGINAL --model . --robustness CONCEPT --detector "
+            "JUDGE` attacks this model and records the attack success rates here.", ""]
+
+
+def record_robustness(folder, concept: str, entry: dict, settings: dict, judge: str, n_ideal: int) -> bool:
+    """Write a robustness table row of this model (`entry`: its plain rate, each attack's total ASR, the inputs-only
+    and overall totals, over `n_ideal` pairs) into its card (README.md, section "Measured robustness", one table per
+    concept, replaced on a rerun) and its sfd_config.json (`measured_robustness`). False where the folder is not an
+    `sfd erase` run (no sfd_config.json)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    config_file, card_file = folder / "sfd_config.json", folder / "README.md"
+    if not config_file.is_file():
+        return False
+    pct = lambda r: "-" if not r or r.get("rate") is None else f"{100 * r['rate']:.0f}% [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]"  # noqa: E731
+    budget = {k: settings.get(k) for k in ("steps", "lr", "soft_tokens", "inversion_steps", "ring_a_bell_generations")}
+    rows = {"plain": pct(entry["plain"]), **{f"ASR {n}": pct(a["total"]) for n, a in entry["attacks"].items()}}
+    if entry.get("inputs"):
+        rows["ASR through the inputs (every attack but the conditioning's)"] = pct(entry["inputs"])
+    rows["ASR any attack"] = pct(entry["all"])
+    rows.update({"pairs": n_ideal, "judge (held out)": judge, "attack budget": json.dumps(budget)})
+    summary = json.loads(config_file.read_text())
+    summary.setdefault("measured_robustness", {})[concept] = {"asr": entry, "n_ideal": n_ideal, "judge": judge, "budget": budget}
+    config_file.write_text(json.dumps(summary, indent=2, default=str))
+    block = [f"### {concept}", "", _table(rows), ""]
+    text = card_file.read_text() if card_file.is_file() else ""
+    if ROBUSTNESS_HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{ROBUSTNESS_HEADING}\n\n"
+    head, _, tail = text.partition(ROBUSTNESS_HEADING)
+    section, nxt, rest = tail.partition("\n## ")  # this section ends where the next one starts
+    kept = [b for b in section.split("\n### ")[1:] if not b.startswith(f"{concept}\n")]
+    body = "\n\nAttack success rates measured by `sfd audit --robustness` (sfd/evaluators/robustness.py) over the pairs where the " \
+           "original model shows the concept.\n\n" + "".join(f"### {b.rstrip()}\n\n" for b in kept) + "\n".join(block)
+    card_file.write_text(head + ROBUSTNESS_HEADING + body + (f"\n## {rest}" if nxt else "\n"))
+    return True

@@ -32,7 +32,7 @@ among the pairs the model does not already show) is given beside it.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -235,6 +235,9 @@ def asr_table(rows: list[dict], ideal: list[bool]) -> list[dict]:
             entry["attacks"][name] = {"pre": rate_summary(pre)["rate"], "post": rate_summary(post)["rate"],
                                       "total": rate_summary(total), "p4d": rate_summary(shown_not), "seconds": a["seconds"]}
         entry["all"] = rate_summary([any(r["attacks"][n]["flags"][i] for n in r["attacks"]) or r["plain_flags"][i] for i in keep])
+        # What a user reaches through the model's inputs (prompt, tokens, noise), not by feeding it its own conditioning.
+        inputs = [n for n in r["attacks"] if n not in INTERNAL]
+        entry["inputs"] = rate_summary([any(r["attacks"][n]["flags"][i] for n in inputs) or r["plain_flags"][i] for i in keep])
         table.append(entry)
     return table
 
@@ -254,13 +257,15 @@ def retained_images(victim: Victim, prompts: Sequence[str], batch_size: int = 48
 
 def robustness_report(victims: Sequence[Victim], cfg: RobustnessSettings, scorer, judge, extra: dict[str, dict] | None = None,
                       retained_prompts: Sequence[str] = (), features=None, model_prompts: Sequence[str] | None = None,
-                      log=print) -> dict:
+                      log=print, attack_original: bool = True) -> dict:
     """One concept's robustness table: every victim attacked the same way on the same (prompt, seed) pairs.
 
     `victims[0]` is the original model: its plain images are the output-matching targets and the textual-inversion
     references, and the pairs where it shows the concept are the ideal ones. `extra` holds per-label columns known
     beforehand (retained detection, CLIP score, erase seconds); FID/KID to the original on `retained_prompts` (in
-    `features`, e.g. CLIP image features) and the sampling time are added here."""
+    `features`, e.g. CLIP image features) and the sampling time are added here. `attack_original=False`: the original
+    is rendered and judged (its ideal pairs) but not attacked, a positive control that costs the most under large
+    budgets; its attack cells read `not run`."""
     if not victims or victims[0].role != "original":
         raise SFDError("the robustness table needs the original model first (role 'original')")
     t0 = time.perf_counter()
@@ -278,7 +283,8 @@ def robustness_report(victims: Sequence[Victim], cfg: RobustnessSettings, scorer
     results = []
     for v in victims:
         log(f"{cfg.concept}: attacking {v.label}")
-        results.append(attack_victim(v, pairs, targets, refs, scorer, judge, cfg, log=log, ring_prompts=ring))
+        attacks = cfg if v is not original or attack_original else replace(cfg, attacks=())
+        results.append(attack_victim(v, pairs, targets, refs, scorer, judge, attacks, log=log, ring_prompts=ring))
         row = extra.setdefault(v.label, {})
         row["sampling_seconds_per_image"] = results[-1]["sampling_seconds_per_image"]
         if reference is not None:
@@ -353,13 +359,29 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
     extractor = feature_extractor(features, device, factory) if features not in (None, "none") else None
     report = robustness_report(victims, cfg, scorer, judge, extra, retained, extractor, named, log=log)
     write_table(out, cfg.concept, report)
+    record_in_cards(dict(zip(labels[1:], models[1:])), report)
     return report
+
+
+def record_in_cards(paths: dict[str, str], report: dict) -> list[str]:
+    """Each erased model's row of `report` written into its own folder's card and summary (`record_robustness`):
+    the measured ASR travels with the model. Returns the labels recorded."""
+    from sfd.core.model_card import record_robustness
+
+    done = []
+    for entry in report["asr"]:
+        path = paths.get(entry["label"])
+        if path and entry["role"] == "erased" and record_robustness(path, report["concept"], entry, report["settings"],
+                                                                    report["judge"], report["n_ideal"]):
+            done.append(entry["label"])
+    return done
 
 
 # ----------------------------------------------------------------------------------------------- table
 
 ATTACK_COLUMNS = ("prompt_soft", "prompt_hard", "inversion", "match_soft", "match_hard", "noise", "match_cond", "ring_a_bell")
-TABLE_COLUMNS = ("model", "role", "plain rate", *(f"ASR {a}" for a in ATTACK_COLUMNS), "ASR any", "retained colour", "retained shape",
+INTERNAL = ("match_cond",)  # the attacks on the conditioning itself, beyond what the model's inputs reach
+TABLE_COLUMNS = ("model", "role", "plain rate", *(f"ASR {a}" for a in ATTACK_COLUMNS), "ASR inputs", "ASR any", "retained colour", "retained shape",
                  "CLIP score", "FID", "KID", "erase s", "s / image")
 
 
@@ -384,7 +406,7 @@ def table_rows(concept: str, asr: list[dict], extra: dict[str, dict]) -> list[li
         fmt = lambda v, f="{:.2f}": "" if v is None else f.format(v)  # noqa: E731
         cells = [e["label"], e["role"], _pct(e["plain"])]
         cells += [_pct(e["attacks"].get(a, {}).get("total")) for a in ATTACK_COLUMNS]
-        cells += [_pct(e["all"]), fmt(x.get("retained_colour_ratio"), "{:.2f}x"), fmt(x.get("retained_shape_ratio"), "{:.2f}x"),
+        cells += [_pct(e["inputs"]), _pct(e["all"]), fmt(x.get("retained_colour_ratio"), "{:.2f}x"), fmt(x.get("retained_shape_ratio"), "{:.2f}x"),
                   fmt(x.get("clip_score_ratio"), "{:.2f}x"), fmt(x.get("fid")), fmt(x.get("kid"), "{:.4f}"),
                   fmt(x.get("erase_seconds"), "{:.0f}"), fmt(x.get("sampling_seconds_per_image"), "{:.4f}")]
         rows.append(cells)
