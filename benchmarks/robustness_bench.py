@@ -6,7 +6,8 @@
   python benchmarks/robustness_bench.py --keep runs/robust    # keep (and on a rerun, reuse) the erased models
 
 Rows: the original teacher; the teacher with the concept as its negative prompt (a weak defence); the bundled
-one-step distillation with no forgetting (checkpoints/shapes/onestep); SFD two-stage (from that base) and single-stage;
+one-step distillation with no forgetting (checkpoints/shapes/onestep); SFD two-stage (from that base), robust SFD (the
+same with `--robust`: the preset's inner attack) and single-stage;
 ESD-x, ESD-u and UCE (`sfd erase --method ...`). Every row is attacked the same way (sfd.evaluators.robustness) on the same
 (prompt, seed) pairs, judged by the held-out CNN judges, and measured for retained detection and CLIP score (the
 world's metrics, erased / teacher), FID/KID to the original (CLIP image features, retained prompts), erase time and
@@ -23,8 +24,8 @@ import torch
 
 from sfd.evaluators.audit import load_model
 from sfd.evaluators.detectors import DetectorFactory, feature_extractor
-from sfd.evaluators.robustness import (ATTACKS, DEFAULT_ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table, robustness_report,
-                                   summary_columns, write_table)
+from sfd.evaluators.robustness import (ATTACKS, DEFAULT_ATTACKS, NEGATIVE_GUIDANCE, RobustnessSettings, Victim, markdown_table,
+                                       record_in_cards, robustness_report, summary_columns, write_table)
 from sfd.evaluators.world_metrics import world_evaluator
 from sfd.core.baselines import run_baseline
 from sfd.core.methods import baselines
@@ -36,7 +37,7 @@ from sfd.core.prompts import mentions
 from sfd.core.worlds import shapes, world_prompts
 from sfd.commands.worlds.shapes_judge import judge_spec
 
-ROWS = ("original", "negative-prompt", "distilled", "sfd-two-stage", "sfd-single-stage", *baselines())  # baselines: sfd.core.methods
+ROWS = ("original", "negative-prompt", "distilled", "sfd-two-stage", "sfd-robust", "sfd-single-stage", *baselines())  # baselines: sfd.core.methods
 
 
 def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate) -> tuple[str, dict]:
@@ -47,8 +48,9 @@ def erase(row: str, concept: str, teacher: str, base: str, work: Path, evaluate)
         return str(out), json.loads(summary_file.read_text())
     override = shapes.next_value(concept)
     if row.startswith("sfd"):
-        two = row == "sfd-two-stage"
-        config = preset(family_for(teacher).preset(world_meta(teacher)), "erase" if two else "single")  # the world's preset for its family
+        two = row in ("sfd-two-stage", "sfd-robust")
+        config = preset(family_for(teacher).preset(world_meta(teacher)), "erase" if two else "single",  # the world's preset for its family
+                        robust=row == "sfd-robust")
         s = run_sfd(teacher, str(out), config, forget=[concept], override=override, generator=base if two else None,
                     progress=False, overwrite=True, evaluate=evaluate)
     else:
@@ -96,7 +98,7 @@ def main() -> None:
         scorer = factory.build(f"clip:{concept}")
         original = Victim(load_model(teacher, "original"), "original", role="original")
         retained = [p for p in world_prompts({"world": "shapes"}) if not mentions(p, concept)][:96]
-        victims, extra = [], {}
+        victims, extra, paths = [], {}, {}
         for row in rows:
             if row == "original":
                 victims.append(original)
@@ -106,6 +108,7 @@ def main() -> None:
                 victims.append(Victim(load_model(base, row), row, role="control"))
             else:
                 path, s = erase(row, concept, teacher, base, work, evaluate)
+                paths[row] = path
                 victims.append(Victim(load_model(path, row), row))
                 extra[row] = summary_columns(path)[1]
                 print(f"{concept}: {row} erased in {s['erase_seconds']:.0f} s; forget rate {extra[row]['forget_rate']}", flush=True)
@@ -113,6 +116,7 @@ def main() -> None:
             victims.insert(0, original)
         report = robustness_report(victims, cfg, scorer, judge, extra, retained, clip_features, log=lambda m: print(m, flush=True))
         write_table(a.out, concept, report)
+        record_in_cards(paths, report)  # each erased model's card records its measured ASR
         print(markdown_table(concept, report), flush=True)
         summary["concepts"][concept] = {"asr": report["asr"], "extra": report["extra"], "n_ideal": report["n_ideal"], "n_pairs": report["n_pairs"],
                                         "seconds": report["seconds"]}

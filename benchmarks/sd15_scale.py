@@ -5,6 +5,7 @@ roles, random weights.
   python benchmarks/sd15_scale.py --model sd15 --mode lora --steps 1     # one measured configuration (CPU fp32 or CUDA)
   python benchmarks/sd15_scale.py --all --resolutions 256,512            # every (model, mode) in its own process
   python benchmarks/sd15_scale.py --tiny --steps 2                       # the same code path with a tiny UNet (smoke test)
+  python benchmarks/sd15_scale.py --model sd15 --mode lora --steps 1 --robust  # robust SFD's preset: memory and step time
   python benchmarks/sd15_scale.py --cli --resolution 256                 # the whole `sfd erase --single-stage --lora --steps 1`
                                                                           # on a written SD-1.5 folder, peak RSS per phase
 
@@ -147,7 +148,19 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux reports KiB
 
 
-def measure(model: str, mode: str, resolution: int, steps: int, device: str, rank: int = 16) -> dict:
+def robust_adversary(roles, cond, config):
+    """Robust SFD's component as `sfd erase --robust` builds it (sfd.core.robust), in the `conditioning` space: the
+    conditioning here is random tensors, with no text encoder for the token spaces to run through (they add that
+    encoder's forward and backward per inner step; the UNet's cost is the same)."""
+    from sfd.core.robust import AdversarialForget, FrozenBase
+    from sfd.core.robust_spaces import ConditioningDelta
+
+    forget = cond.forget_and_override(forget_only=True)[0]
+    space = ConditioningDelta(forget, config.robust_budget, torch.Generator().manual_seed(config.seed + 15485863))
+    return AdversarialForget([space], FrozenBase(roles), forget, config)
+
+
+def measure(model: str, mode: str, resolution: int, steps: int, device: str, rank: int = 16, robust: bool = False) -> dict:
     from sfd.core.config import preset
     from sfd.kernel.denoisers import Denoiser
     from sfd.kernel.generators import OneStepConvention
@@ -180,8 +193,12 @@ def measure(model: str, mode: str, resolution: int, steps: int, device: str, ran
         roles = FullRoles(teacher, OneStepConvention(config.t_init), device, **common)
         n_lora = 0
     del unet, teacher
-    trainer = SFDTrainer(roles, conditions(model, device), config, device, autocast_dtype=torch.bfloat16 if cuda else None,
-                         latent_shape=(channels, latent, latent))
+    cond = conditions(model, device)
+    if robust:  # the stage-2 preset's robust settings (its inner steps, every iteration), in the conditioning space
+        config = config.replace(robust=True, robust_space="conditioning")
+    adversary = robust_adversary(roles, cond, config) if robust else None
+    trainer = SFDTrainer(roles, cond, config, device, autocast_dtype=torch.bfloat16 if cuda else None,
+                         latent_shape=(channels, latent, latent), adversary=adversary)
     build_s = time.perf_counter() - t0
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
@@ -194,7 +211,7 @@ def measure(model: str, mode: str, resolution: int, steps: int, device: str, ran
         if i:
             times.append(time.perf_counter() - t0)
     out = {
-        "model": model, "mode": mode, "resolution": resolution, "latent": latent, "unet_params": n_params,
+        "model": model, "mode": mode, "robust": adversary.describe() if robust else None, "resolution": resolution, "latent": latent, "unet_params": n_params,
         "lora_rank": rank if mode == "lora" else None, "lora_params_per_adapter": n_lora or None,
         "batch": "1 retain + 1 forget", "device": torch.cuda.get_device_name() if cuda else "cpu",
         "dtype": "bf16 frozen, bf16 autocast" if cuda else "fp32", "torch_threads": torch.get_num_threads(),
@@ -311,6 +328,8 @@ def main() -> None:
     ap.add_argument("--resolutions", default="256", help="with --all: comma-separated image sizes")
     ap.add_argument("--steps", type=int, default=1, help="timed SFD iterations after one warm-up iteration")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--robust", action="store_true", help="robust SFD (`sfd erase --robust`): the SD stage-2 preset's inner attack "
+                                                          "on every iteration, in the conditioning space")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("--cli", action="store_true", help="the whole `sfd erase --single-stage --lora --steps 1` command on a written "
@@ -355,7 +374,7 @@ def main() -> None:
                                      | {"peak": run.get("peak_rss_gib", run.get("peak_allocated_gib"))}), flush=True)
     else:
         model = "tiny" if a.tiny else a.model
-        result = measure(model, a.mode, 64 if a.tiny else a.resolution, a.steps, a.device, a.rank)
+        result = measure(model, a.mode, 64 if a.tiny else a.resolution, a.steps, a.device, a.rank, robust=a.robust)
     print(json.dumps(result, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2))

@@ -67,7 +67,8 @@ def main() -> None:
     evaluate = world_evaluator(family, str(teacher_dir), seed=0, progress=False)
     rows = []
     for (forget, override), stage in [(p, st) for p in pairs for st in stages]:
-        config = preset(preset_name, "erase" if stage == "two" else "single").replace(steps=a.steps)
+        # plain SFD, as its recorded rows (benchmarks/robust_bench.py measures the robust default against it)
+        config = preset(preset_name, "erase" if stage == "two" else "single", robust=False).replace(steps=a.steps)
         out = work / f"no-{forget}-{stage}"
         s = run_sfd(str(teacher_dir), str(out), config, forget=[forget], override=override, generator=base if stage == "two" else None,
                     progress=True, overwrite=True, evaluate=evaluate, family=family)

@@ -32,3 +32,11 @@ def test_tiny_run_measures_time_and_memory_on_cpu(mode):
     assert r["mode"] == mode and r["seconds_per_iteration"] > 0 and r["peak_rss_gib"] > 0 and "peak_allocated_gib" not in r
     p = sd15_scale.project(r, 128)
     assert p["total_gib"] >= p["static_gib"] > 0
+
+
+def test_tiny_robust_run_takes_the_sd_presets_inner_attack():
+    from sfd.core.config import preset
+
+    r = sd15_scale.measure("tiny", "lora", 64, steps=1, device="cpu", rank=4, robust=True)
+    assert r["robust"]["space"] == "conditioning" and r["robust"]["inner_steps"] == preset("sd", "erase").robust_steps
+    assert r["seconds_per_iteration"] > 0
