@@ -269,6 +269,8 @@ def test_measured_robustness_is_recorded_in_the_models_card(robust_reference, tm
     card = (folder / "README.md").read_text() + "\n## Final metrics\n\nkept as it was\n"  # a section after it
     (folder / "README.md").write_text(card)
     assert "## Robust erasure" in card and "UMA" in card and "Not measured yet" in card
+    rows = [line.replace("\\|", "") for line in card.splitlines() if line.startswith("| ")]
+    assert rows and all(line.count("|") == 3 for line in rows)  # the norms' bars are escaped: two columns per row
     rate = lambda r: {"n": 50, "flagged": int(50 * r), "rate": r, "ci_low": r / 2, "ci_high": min(1.0, r * 2 + 0.07)}  # noqa: E731
     entry = lambda r: {"plain": rate(0.0), "attacks": {"noise": {"total": rate(r)}}, "inputs": rate(r), "all": rate(r)}  # noqa: E731
     assert record_robustness(folder, "red", entry(0.5), {"steps": 20}, "classifier:judge", 50)

@@ -8,7 +8,8 @@ import shlex
 
 def _table(rows: dict) -> str:
     lines = ["| setting | value |", "| --- | --- |"]
-    lines += [f"| {k} | {json.dumps(v) if not isinstance(v, str) else v} |" for k, v in rows.items()]
+    cell = lambda v: (json.dumps(v) if not isinstance(v, str) else v).replace("|", "\\|")  # noqa: E731  (a norm's bars stay in the cell)
+    lines += [f"| {k} | {cell(v)} |" for k, v in rows.items()]
     return "\n".join(lines)
 
 
