@@ -152,11 +152,11 @@ def robust_adversary(roles, cond, config):
     """Robust SFD's component as `sfd erase --robust` builds it (sfd.core.robust), in the `conditioning` space: the
     conditioning here is random tensors, with no text encoder for the token spaces to run through (they add that
     encoder's forward and backward per inner step; the UNet's cost is the same)."""
-    from sfd.core.robust import AdversarialForget, FrozenBase
+    from sfd.core.robust import AdversarialForget, FrozenBase, space_generator
     from sfd.core.robust_spaces import ConditioningDelta
 
     forget = cond.forget_and_override(forget_only=True)[0]
-    space = ConditioningDelta(forget, config.robust_budget, torch.Generator().manual_seed(config.seed + 15485863))
+    space = ConditioningDelta(forget, config.robust_budget, space_generator(config))
     return AdversarialForget([space], FrozenBase(roles), forget, config)
 
 

@@ -58,7 +58,8 @@ def shapes(a, changes: list[dict], work: Path) -> None:
     for pair in a.targets.split(","):
         forget, override = pair.split(":")
         for change in changes:
-            s = run_sfd(teacher, str(work / f"no-{forget}"), preset("shapes", "erase", robust=False).replace(seed=a.seed, **change), forget=[forget],
+            config = preset("shapes", "erase", robust=False).replace(seed=a.seed, **change)
+            s = run_sfd(teacher, str(work / f"no-{forget}"), config, forget=[forget],
                         override=override, generator=a.base, progress=False, overwrite=True, evaluate=evaluate, family=family)
             m = s["metrics"]
             print(json.dumps({"forget": forget, "change": change, "seconds": round(s["erase_seconds"]), "forget_rate": m["forget_rate"],

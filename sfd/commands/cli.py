@@ -73,8 +73,9 @@ def _run(a, forget: list[str], override: str | None, generator: str | None, stag
     if stage == "erase":
         generator = _choose_base(a, family, name)
         stage = "erase" if generator else "single"
-    config = preset(name, stage, robust=True if a.robust_space else a.robust).replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets,
-                                         lora_lr_scale=a.lora_lr_scale, micro_batches=a.micro_batches)
+    config = preset(name, stage, robust=True if a.robust_space else a.robust)
+    config = config.replace(steps=a.steps, seed=a.seed, lora_rank=a.lora_rank, lora_targets=a.lora_targets,
+                            lora_lr_scale=a.lora_lr_scale, micro_batches=a.micro_batches)
     if a.lora or a.lora_rank or a.lora_targets or a.lora_lr_scale:
         config = config.replace(lora=True)
     if a.robust_space:

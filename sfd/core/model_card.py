@@ -137,6 +137,11 @@ def model_card(family, summary: dict, wall_seconds: float, metric_notes: str = "
 ROBUSTNESS_HEADING = "## Measured robustness"
 
 
+def rate_cell(rate: dict) -> str:
+    """A rate with its 95% interval, "12% [7, 19]": the cells of the robustness tables and of a card's measured robustness."""
+    return f"{100 * rate['rate']:.0f}% [{100 * rate['ci_low']:.0f}, {100 * rate['ci_high']:.0f}]"
+
+
 def _robust_section(robust: dict) -> list[str]:
     return ["## Robust erasure", "", "Trained against adversarial conditions found during the erase (robust SFD, `--robust`): the "
             "inner attack and its budget.", "", _table(robust), "",
@@ -155,7 +160,7 @@ def record_robustness(folder, concept: str, entry: dict, settings: dict, judge: 
     config_file, card_file = folder / "sfd_config.json", folder / "README.md"
     if not config_file.is_file():
         return False
-    pct = lambda r: "-" if not r or r.get("rate") is None else f"{100 * r['rate']:.0f}% [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]"  # noqa: E731
+    pct = lambda r: "-" if not r or r.get("rate") is None else rate_cell(r)  # noqa: E731
     budget = {k: settings.get(k) for k in ("steps", "lr", "soft_tokens", "inversion_steps", "ring_a_bell_generations")}
     rows = {"plain": pct(entry["plain"]), **{f"ASR {n}": pct(a["total"]) for n, a in entry["attacks"].items()}}
     if entry.get("inputs"):

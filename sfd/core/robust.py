@@ -229,7 +229,7 @@ def build_adversary(family, teacher_pipe, roles, spec, config):
                        f"{' or '.join(allowed)} (--robust-space)")
     base = FrozenBase(roles)
     forget = spec.forget_and_override(forget_only=True)[0]
-    gen = torch.Generator().manual_seed(config.seed + 15485863)
+    gen = space_generator(config)
     spaces, surface = [], None
     for name in names:
         if name == "noise":
@@ -245,6 +245,11 @@ def build_adversary(family, teacher_pipe, roles, spec, config):
             spaces.append(SoftTokens(surface, prompts, config.robust_tokens, gen) if name == "soft-tokens"
                           else ConceptToken(surface, prompts, list(spec.concepts), gen))
     return AdversarialForget(spaces, base, forget, config)
+
+
+def space_generator(config) -> torch.Generator:
+    """The random stream of the spaces' random starts (its own: a plain run draws what it drew before)."""
+    return torch.Generator().manual_seed(config.seed + 15485863)
 
 
 def trained_networks(roles) -> list:

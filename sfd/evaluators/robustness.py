@@ -40,6 +40,7 @@ import torch
 from sfd.core.attacks import (AttackBudget, concept_vote_loss, conditioning_attack, inversion_attack, noise_attack,
                               output_match_loss, soft_prompt_attack)  # the primitives robust SFD trains against: one copy
 from sfd.core.attacks.ring_a_bell import RingABellSettings, ring_a_bell
+from sfd.core.model_card import rate_cell, record_robustness
 from sfd.kernel.errors import SFDError
 
 from sfd.evaluators.sampling import quantize
@@ -366,8 +367,6 @@ def robustness_audit(models: Sequence[str], cfg: RobustnessSettings, judge_spec:
 def record_in_cards(paths: dict[str, str], report: dict) -> list[str]:
     """Each erased model's row of `report` written into its own folder's card and summary (`record_robustness`):
     the measured ASR travels with the model. Returns the labels recorded."""
-    from sfd.core.model_card import record_robustness
-
     done = []
     for entry in report["asr"]:
         path = paths.get(entry["label"])
@@ -395,7 +394,7 @@ def _pct(rate: dict | None) -> str:
         return NOT_RUN
     if rate.get("rate") is None:
         return NO_PAIRS
-    return f"{100 * rate['rate']:.0f}% [{100 * rate['ci_low']:.0f}, {100 * rate['ci_high']:.0f}]"
+    return rate_cell(rate)
 
 
 def table_rows(concept: str, asr: list[dict], extra: dict[str, dict]) -> list[list[str]]:
