@@ -211,6 +211,22 @@ def test_class_embedding_space_raises_its_objective_within_its_budget(tiny_teach
     assert not layer._forward_hooks and not layer._forward_pre_hooks
 
 
+def test_class_cell_keeps_a_forget_delta_nearer_its_own_class_than_any_retained_one():
+    from sfd.core.robust_spaces import ClassCell
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(6, 32, generator=g) * 3
+    cell = ClassCell(table, 2, [2, 5])
+    toward = 0.9 * (table[1] - table[2])  # past the midpoint: e_2 + delta would be class 1's
+    moved = cell.project(toward)
+    dist = (table - (table[2] + moved)).norm(dim=1)
+    retained = [0, 1, 3, 4]  # the other forget class (5) may be neared: its cell is forgotten too
+    assert float(dist[2]) <= float(dist[retained].min()) + 1e-4  # on the boundary at most
+    assert float(moved.norm()) <= float(toward.norm()) + 1e-5
+    inside = 0.1 * torch.randn(32, generator=g)
+    assert torch.allclose(cell.project(inside), inside)  # already nearer e_2: left as it is
+
+
 def test_robust_class_erase_trains_deterministically_and_resumes(tiny_teacher_dir):
     def run(split: bool):
         tr = class_trainer(tiny_teacher_dir)

@@ -203,7 +203,8 @@ class AdversarialForget:
         if "conditioning" in names:
             d["budget"] = f"||delta|| <= {c.robust_budget} x ||c_f|| per row"
         if "class-embedding" in names:
-            d["budget"] = f"||delta|| <= {c.robust_budget} x ||e_k|| per forget class"
+            d["budget"] = (f"||delta|| <= {c.robust_budget} x ||e_k|| per forget class, and e_k + delta nearer e_k than "
+                           "any retained class")
         if "soft-tokens" in names:
             d["soft_tokens"] = c.robust_tokens
         if "noise" in names:
