@@ -16,11 +16,12 @@ from pathlib import Path
 RESULTS = Path("benchmarks/results")
 
 
-def points(path: Path, row: str) -> list[tuple[int, float, float]]:
-    """(class, ASR %, FD ratio) of `row` in one class_attack_bench.py JSON."""
+def points(path: Path, row: str, robust_only: bool = False) -> list[tuple[int, float, float]]:
+    """(class, ASR %, FD ratio) of `row` in one class_attack_bench.py JSON (`robust_only`: skip its runs with robust
+    SFD set off, the sweep's no-forgetting controls)."""
     out = []
     for r in json.loads(path.read_text())["results"]:
-        if row in r["rows"]:
+        if row in r["rows"] and (r["rows"][row].get("robust") or not robust_only):
             out.append((r["class"], 100 * r["rates"][f"{row} embedding"]["rate"], r["rows"][row]["fd_ratio"]))
     return out
 
@@ -36,7 +37,7 @@ def main() -> None:
 
     finals = [RESULTS / "class_attack_robust.json", RESULTS / "class_attack_heldout.json"]
     tried = sorted((RESULTS / "class_attack_sweep").glob("*.json")) + sorted((RESULTS / "class_attack_sweep7").glob("*.json"))
-    sweep = [p for f in tried for p in points(f, "sfd-robust")]
+    sweep = [p for f in tried for p in points(f, "sfd-robust", robust_only=True)]
     plain = [p for f in finals for p in points(f, "sfd-two-stage")]
     robust = [p for f in finals for p in points(f, "sfd-robust")]
     classes = sorted({k for k, _, _ in sweep + plain + robust})
